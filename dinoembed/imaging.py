@@ -1,0 +1,198 @@
+"""Decoding untrusted image bytes into an RGB PIL image, with limits checked first.
+
+Every failure becomes an :class:`~dinoembed.errors.ImageError` subclass whose
+message is one line a person can act on. Anything else escaping from here is a
+bug.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError, features
+
+from dinoembed.errors import (
+    CorruptImageError,
+    ImageTooLargeError,
+    NotAnImageError,
+    UnsupportedFormatError,
+)
+from dinoembed.transforms import min_decode_size
+
+log = logging.getLogger(__name__)
+
+# MPO (multi-picture JPEG) is opened by the JPEG plugin, which returns an MpoImageFile.
+BASE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_heif_lock = threading.Lock()
+_heif_state: list[bool] = []
+
+# Magic numbers of formats people drop into folders that are not raster images
+# (or that Pillow must not be allowed to hand to an external interpreter).
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF", "PDF"),
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"SIMPLE  =", "FITS"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"PK\x03\x04", "ZIP"),
+)
+
+
+def _heif_available() -> bool:
+    """Register pillow-heif's opener once, if it is installed."""
+    with _heif_lock:
+        if not _heif_state:
+            try:
+                import pillow_heif  # type: ignore[import-not-found, unused-ignore]
+
+                pillow_heif.register_heif_opener()
+                _heif_state.append(True)
+            except ImportError:
+                _heif_state.append(False)
+        return _heif_state[0]
+
+
+def allowed_formats() -> tuple[str, ...]:
+    formats = BASE_FORMATS
+    if features.check("avif"):
+        formats += ("AVIF",)
+    if _heif_available():
+        formats += ("HEIF",)
+    return formats
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name a non-allowed format from its first bytes, for a better error message."""
+    for magic, name in _SIGNATURES:
+        if head.startswith(magic):
+            return name
+    text = head[:512].lstrip().lower()
+    if (text.startswith(b"<?xml") and b"<svg" in text) or text.startswith(b"<svg"):
+        return "SVG"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypheif"):
+        return "HEIC/HEIF (install dinoembed[heif])"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    max_pixels: int
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeTarget:
+    """What the image will be preprocessed for: lets large JPEGs decode at reduced scale."""
+
+    mode: str
+    input_size: int
+    reduce: bool = True
+
+
+def check_byte_size(size: int, limits: DecodeLimits) -> None:
+    if size > limits.max_bytes:
+        raise ImageTooLargeError(f"file too large: {size} bytes exceeds {limits.max_bytes} bytes")
+    if size == 0:
+        raise NotAnImageError("not an image: the file is empty")
+
+
+def decode(
+    source: bytes | Path, limits: DecodeLimits, target: DecodeTarget | None = None
+) -> Image.Image:
+    """Untrusted bytes or a file -> a loaded RGB image, oriented per EXIF, first frame."""
+    if isinstance(source, Path):
+        check_byte_size(source.stat().st_size, limits)
+        with source.open("rb") as fh:
+            return _decode_stream(fh, limits, target)
+    check_byte_size(len(source), limits)
+    return _decode_stream(io.BytesIO(source), limits, target)
+
+
+def _decode_stream(fh: BinaryIO, limits: DecodeLimits, target: DecodeTarget | None) -> Image.Image:
+    head = fh.read(512)
+    fh.seek(0)
+    img = _open(fh, head, limits)
+    if target is not None and target.reduce and img.format in ("JPEG", "MPO"):
+        img.draft(None, min_decode_size(img.width, img.height, target.mode, target.input_size))
+    _load(img)
+    return to_rgb(_orient(img))
+
+
+def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
+    try:
+        img = Image.open(fh, formats=allowed_formats())
+    except UnidentifiedImageError as err:
+        name = sniff_format(head)
+        if name is not None:
+            raise UnsupportedFormatError(f"unsupported format: {name}") from err
+        raise NotAnImageError("not an image: the data is not a recognised image format") from err
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"image too large: {err}") from err
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
+        raise CorruptImageError(f"corrupt image header: {_one_line(err)}") from err
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        img.close()
+        raise ImageTooLargeError(
+            f"image too large: {width}x{height} exceeds {limits.max_pixels} pixels"
+        )
+    if width < 1 or height < 1:
+        img.close()
+        raise CorruptImageError(f"empty image: {width}x{height}")
+    return img
+
+
+def _load(img: Image.Image) -> None:
+    try:
+        img.load()
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(f"image too large: {err}") from err
+    except OSError as err:
+        message = str(err)
+        if "truncated" in message or "premature end" in message.lower():
+            raise CorruptImageError(f"truncated {img.format} image") from err
+        raise CorruptImageError(f"corrupt {img.format} image: {_one_line(err)}") from err
+    except (SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as err:
+        raise CorruptImageError(f"corrupt {img.format} image: {_one_line(err)}") from err
+
+
+def _orient(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; broken EXIF is ignored (the pixels are still fine)."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as err:
+        log.warning("ignoring unreadable EXIF orientation: %s", _one_line(err))
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode -> RGB. Transparency is composited onto white; 16-bit is scaled, not clipped."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(arr * (255.0 / peak), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "F":
+        gray = np.clip(np.asarray(img, dtype=np.float64), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:200]

@@ -1,0 +1,89 @@
+"""Local files as pipeline inputs: finding images, naming and reading sidecars."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from dinoembed.pipeline import ImageItem
+from dinoembed.results import ModelInfo, SourceInfo, is_temp_file, read_sidecar
+
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".webp",
+        ".gif",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".mpo",
+        ".avif",
+        ".heic",
+        ".heif",
+    }
+)
+
+
+def looks_like_image(path: Path, suffix: str) -> bool:
+    """Candidates when walking a folder: image extensions, never sidecars or temp files."""
+    name = path.name
+    if name.endswith(suffix) or is_temp_file(name):
+        return False
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def sidecar_path(image: Path, suffix: str) -> Path:
+    return image.with_name(image.name + suffix)
+
+
+def iter_images(root: Path, suffix: str, *, recursive: bool) -> Iterator[Path]:
+    """Image files under ``root`` in a stable (sorted) order, not following symlinked dirs."""
+    if not recursive:
+        for entry in sorted(root.iterdir()):
+            if entry.is_file() and looks_like_image(entry, suffix):
+                yield entry
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        folder = Path(dirpath)
+        for name in sorted(filenames):
+            path = folder / name
+            if path.is_file() and looks_like_image(path, suffix):
+                yield path
+
+
+def expand_paths(paths: Iterable[Path], suffix: str, *, recursive: bool) -> Iterator[Path]:
+    """Files named explicitly are kept as given (even odd ones: they get an error result);
+    folders are expanded to the images inside."""
+    for path in paths:
+        if path.is_dir():
+            yield from iter_images(path, suffix, recursive=recursive)
+        else:
+            yield path
+
+
+def local_item(path: Path) -> ImageItem:
+    absolute = path.absolute()
+    try:
+        stat = absolute.stat()
+        source = SourceInfo(size=stat.st_size, mtime=stat.st_mtime)
+    except OSError:
+        source = SourceInfo()
+    return ImageItem(file_path=str(absolute), load=lambda: absolute, source=source)
+
+
+def sidecar_is_current(image: Path, suffix: str, model: ModelInfo) -> bool:
+    """A sidecar newer than its image, made by the same model and preprocessing."""
+    sidecar = sidecar_path(image, suffix)
+    try:
+        if sidecar.stat().st_mtime < image.stat().st_mtime:
+            return False
+    except OSError:
+        return False
+    existing = read_sidecar(sidecar)
+    return existing is not None and existing.model == model

@@ -1,0 +1,230 @@
+"""Resolve, fetch, verify and cache the model file.
+
+Sources, in order: an explicit local path -> the cache (verified) -> a
+download from ``http(s)://`` or ``s3://``. A download streams into a temp file
+in the cache folder while hashing, is checked against the expected sha256 and
+size, then renamed into place. A file lock makes concurrent loaders (threads or
+processes sharing the cache) download once. Nothing unverified is ever left
+where a later run would trust it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from filelock import FileLock, Timeout
+
+from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
+from dinoembed.fetchers import Fetcher, default_fetchers, fetcher_for
+from dinoembed.settings import (
+    DEFAULT_MODEL_SHA256,
+    DEFAULT_MODEL_SIZE,
+    DEFAULT_MODEL_URL,
+    Settings,
+)
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 1 << 20
+LOCK_TIMEOUT = 900.0
+
+
+class HashingWriter:
+    """A file wrapper that hashes what is written; a retry's ``truncate()`` restarts it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes, /) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        return self.fh.seek(offset, whence)
+
+    def truncate(self, size: int | None = None, /) -> int:
+        if (size if size is not None else self.fh.tell()) != 0:
+            raise ValueError("HashingWriter can only be truncated to 0")
+        self.digest = hashlib.sha256()
+        self.size = 0
+        return self.fh.truncate(0)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where the model comes from and what it must hash to."""
+
+    url: str
+    sha256: str
+    name: str
+    path: Path | None = None
+    verify_path: bool = False
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url and self.path is None:
+            raise ConfigError("a model source needs a URL or a local path")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelSource:
+        known_size = DEFAULT_MODEL_SIZE if settings.model_sha256 == DEFAULT_MODEL_SHA256 else None
+        return cls(
+            url=settings.model_url,
+            sha256=settings.model_sha256,
+            name=settings.model_name,
+            path=settings.model_path,
+            verify_path=settings.sha256_is_explicit,
+            size=known_size,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    path: Path
+    sha256: str
+    name: str
+    origin: str  # "path", "cache" or "download"
+
+
+@dataclass
+class ModelStore:
+    cache_dir: Path
+    fetchers: dict[str, Fetcher] = field(default_factory=default_fetchers)
+    lock_timeout: float = LOCK_TIMEOUT
+
+    def resolve(self, source: ModelSource) -> ResolvedModel:
+        if source.path is not None:
+            return self._local(source, source.path)
+        cached = self.cached_path(source)
+        if self._cached_ok(cached, source):
+            return ResolvedModel(cached, source.sha256, source.name, "cache")
+        return self._download(source)
+
+    def cached_path(self, source: ModelSource) -> Path:
+        return self.cache_dir / "models" / f"{source.sha256}.onnx"
+
+    def _local(self, source: ModelSource, path: Path) -> ResolvedModel:
+        if not path.is_file():
+            raise ConfigError(f"model file not found: {path} (check DINOEMBED_MODEL_PATH)")
+        digest = sha256_file(path)
+        if source.verify_path and digest != source.sha256:
+            raise ModelIntegrityError(
+                f"model file {path} has sha256 {digest}, expected {source.sha256}"
+            )
+        return ResolvedModel(path, digest, source.name, "path")
+
+    def _cached_ok(self, path: Path, source: ModelSource) -> bool:
+        """True when ``path`` is the verified model. A stamp records (size, mtime) after a
+        full hash, so a warm start need not rehash 86 MB; a changed file is rehashed."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return False
+        if source.size is not None and stat.st_size != source.size:
+            log.warning("cached model %s has the wrong size; fetching it again", path.name)
+            return False
+        stamp = path.with_name(path.name + ".verified")
+        expected_stamp = f"{source.sha256} {stat.st_size} {stat.st_mtime_ns}"
+        with contextlib.suppress(OSError):
+            if stamp.read_text() == expected_stamp:
+                return True
+        if sha256_file(path) != source.sha256:
+            log.warning("cached model %s fails its sha256 check; fetching it again", path.name)
+            return False
+        with contextlib.suppress(OSError):
+            _write_small(stamp, expected_stamp)
+        return True
+
+    def _download(self, source: ModelSource) -> ResolvedModel:
+        final = self.cached_path(source)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(str(final) + ".lock", timeout=self.lock_timeout):
+                # Another process may have finished the download while we waited.
+                if self._cached_ok(final, source):
+                    return ResolvedModel(final, source.sha256, source.name, "cache")
+                self._remove_stale(final, source)
+                self._fetch_verified(source, final)
+        except Timeout as err:
+            raise ModelUnavailableError(
+                f"timed out waiting for another process to download the model into {final.parent}"
+            ) from err
+        return ResolvedModel(final, source.sha256, source.name, "download")
+
+    def _remove_stale(self, final: Path, source: ModelSource) -> None:
+        """Under the lock, any partial file for this model is a leftover of a killed process."""
+        for leftover in final.parent.glob(f".{source.sha256}.*.part"):
+            log.info("removing stale partial download %s", leftover.name)
+            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            final.unlink()
+        final.with_name(final.name + ".verified").unlink(missing_ok=True)
+
+    def _fetch_verified(self, source: ModelSource, final: Path) -> None:
+        fetcher = fetcher_for(source.url, self.fetchers)
+        log.info("downloading model %s from %s", source.name, source.url)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=final.parent, prefix=f".{source.sha256}.", suffix=".part"
+        )
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "w+b") as out:
+                writer = HashingWriter(out)
+                try:
+                    fetcher.fetch(source.url, writer)
+                    out.flush()
+                    os.fsync(out.fileno())
+                except OSError as err:
+                    raise ModelUnavailableError(
+                        f"cannot write the model into {final.parent}: {err.strerror or err}"
+                    ) from err
+            self._verify(writer, source)
+            tmp.replace(final)
+            stat = final.stat()
+            _write_small(
+                final.with_name(final.name + ".verified"),
+                f"{source.sha256} {stat.st_size} {stat.st_mtime_ns}",
+            )
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _verify(writer: HashingWriter, source: ModelSource) -> None:
+        if source.size is not None and writer.size != source.size:
+            raise ModelIntegrityError(
+                f"downloaded model from {source.url} has {writer.size} bytes, "
+                f"expected {source.size}"
+            )
+        digest = writer.digest.hexdigest()
+        if digest != source.sha256:
+            raise ModelIntegrityError(
+                f"downloaded model from {source.url} has sha256 {digest}, expected {source.sha256}"
+            )
+
+
+def _write_small(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def is_default(source: ModelSource) -> bool:
+    return source.url == DEFAULT_MODEL_URL and source.sha256 == DEFAULT_MODEL_SHA256

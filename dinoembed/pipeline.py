@@ -1,0 +1,198 @@
+"""The embedding pipeline every front end drives.
+
+Inputs are decoded and preprocessed on a small thread pool (Pillow releases
+the GIL while decoding) feeding batches into the engine, so decoding overlaps
+inference. At most a bounded window of images is in flight, so decoded
+full-size images never pile up. Outcomes come back in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dinoembed.engine import Engine, available_cpus, create_session
+from dinoembed.errors import DinoEmbedError, ImageError
+from dinoembed.imaging import DecodeLimits, DecodeTarget, decode
+from dinoembed.model_store import ModelSource, ModelStore
+from dinoembed.results import Embedding, EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.settings import Settings
+from dinoembed.transforms import preprocess
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[], "bytes | Path"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageItem:
+    """One input: how to name it in the result, how to get its bytes, what we know of it."""
+
+    file_path: str
+    load: Loader
+    source: SourceInfo = field(default_factory=SourceInfo)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A result for the item, or the non-image error (vanished, transient) that stopped it."""
+
+    item: ImageItem
+    result: EmbeddingResult | None
+    failure: DinoEmbedError | None = None
+    seconds: float = 0.0
+
+
+_Prepared = tuple[NDArray[np.float32] | None, EmbeddingResult | DinoEmbedError | None, float]
+
+
+def float32_list(vector: NDArray[np.float32]) -> list[float]:
+    """Shortest decimal that round-trips each float32, so sidecars stay compact."""
+    return [float(str(v)) for v in vector.astype(np.float32)]
+
+
+class Embedder:
+    """Decode -> preprocess -> batch -> engine -> results, in input order."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model: ModelInfo,
+        limits: DecodeLimits,
+        *,
+        batch_size: int = 16,
+        decode_workers: int = 2,
+        reduce_jpeg: bool = True,
+    ) -> None:
+        if model.input_size != engine.input_size:
+            raise ValueError("model info and engine disagree on the input size")
+        self.engine = engine
+        self.model = model
+        self.limits = limits
+        self.batch_size = batch_size
+        self.decode_workers = max(1, decode_workers)
+        self.target = DecodeTarget(model.preprocess, model.input_size, reduce_jpeg)
+
+    def embed(self, items: Iterable[ImageItem]) -> Iterator[Outcome]:
+        window = self.batch_size + 2 * self.decode_workers
+        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="dinoembed-decode") as pool:
+            pending: deque[tuple[ImageItem, Future[_Prepared]]] = deque()
+            ready: list[tuple[ImageItem, _Prepared]] = []
+            for item in items:
+                pending.append((item, pool.submit(self._prepare, item)))
+                while len(pending) >= window:
+                    yield from self._collect(pending.popleft(), ready)
+            while pending:
+                yield from self._collect(pending.popleft(), ready)
+            yield from self._flush(ready)
+
+    def embed_one(self, item: ImageItem) -> Outcome:
+        return next(iter(self.embed([item])))
+
+    def _collect(
+        self, entry: tuple[ImageItem, Future[_Prepared]], ready: list[tuple[ImageItem, _Prepared]]
+    ) -> Iterator[Outcome]:
+        item, future = entry
+        ready.append((item, future.result()))
+        if sum(1 for _, (tensor, _, _) in ready if tensor is not None) >= self.batch_size:
+            yield from self._flush(ready)
+
+    def _prepare(self, item: ImageItem) -> _Prepared:
+        start = time.perf_counter()
+        try:
+            img = decode(item.load(), self.limits, self.target)
+            tensor = preprocess(img, self.model.preprocess, self.model.input_size)
+            return tensor, None, time.perf_counter() - start
+        except ImageError as err:
+            return None, self._error(item, str(err)), time.perf_counter() - start
+        except DinoEmbedError as err:
+            return None, err, time.perf_counter() - start
+        except FileNotFoundError:
+            return None, self._error(item, "file not found"), time.perf_counter() - start
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            return None, self._error(item, f"cannot read file: {reason}"), 0.0
+        except Exception as err:
+            log.exception("internal error while decoding %s", item.file_path)
+            return None, self._error(item, f"internal error: {type(err).__name__}"), 0.0
+
+    def _flush(self, ready: list[tuple[ImageItem, _Prepared]]) -> Iterator[Outcome]:
+        tensors = [tensor for _, (tensor, _, _) in ready if tensor is not None]
+        start = time.perf_counter()
+        vectors = self.engine.embed(np.stack(tensors)) if tensors else None
+        per_image = (time.perf_counter() - start) / max(1, len(tensors))
+        row = 0
+        for item, (tensor, other, seconds) in ready:
+            if tensor is not None and vectors is not None:
+                yield Outcome(item, self._success(item, vectors[row]), None, seconds + per_image)
+                row += 1
+            elif isinstance(other, EmbeddingResult):
+                yield Outcome(item, other, None, seconds)
+            else:
+                yield Outcome(item, None, other, seconds)
+        ready.clear()
+
+    def _success(self, item: ImageItem, vector: NDArray[np.float32]) -> EmbeddingResult:
+        embedding = Embedding(
+            embedding=float32_list(vector),
+            embedding_dim=int(vector.shape[0]),
+            normalized=self.engine.normalize,
+        )
+        return EmbeddingResult(
+            file_path=item.file_path,
+            status="success",
+            embedding=embedding,
+            model=self.model,
+            source=item.source,
+        )
+
+    def error_result(self, item: ImageItem, message: str) -> EmbeddingResult:
+        return self._error(item, message)
+
+    def _error(self, item: ImageItem, message: str) -> EmbeddingResult:
+        return EmbeddingResult(
+            file_path=item.file_path,
+            status="error",
+            error=message,
+            model=self.model,
+            source=item.source,
+        )
+
+
+def build_embedder(settings: Settings, store: ModelStore | None = None) -> Embedder:
+    """Resolve the model and assemble the pipeline from settings (one call per process)."""
+    store = store or ModelStore(settings.cache_dir)
+    resolved = store.resolve(ModelSource.from_settings(settings))
+    cpus = available_cpus()
+    engine = Engine(
+        create_session(resolved.path, settings.threads or cpus), normalize=settings.normalize
+    )
+    model = ModelInfo(
+        name=resolved.name,
+        sha256=resolved.sha256,
+        preprocess=settings.preprocess,
+        input_size=engine.input_size,
+    )
+    log.info(
+        "model %s (%s) from %s, %s, dim %d",
+        resolved.name,
+        resolved.sha256[:12],
+        resolved.origin,
+        engine.spec.batch_mode,
+        engine.spec.dim,
+    )
+    return Embedder(
+        engine,
+        model,
+        DecodeLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_bytes),
+        batch_size=settings.batch_size,
+        decode_workers=settings.decode_workers or cpus,
+    )

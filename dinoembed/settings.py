@@ -1,0 +1,99 @@
+"""The one settings object: every option also reads ``DINOEMBED_<NAME>``.
+
+Built once in each entry point (CLI, Lambda handler, watcher) and passed down.
+An explicit argument (a CLI flag) beats the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "dinov2_vits14"
+DEFAULT_MODEL_URL = (
+    "https://huggingface.co/sefaburak/dinov2-small-onnx/resolve/"
+    "7a5e61628117b5a8bd6f5e2b2385b76da1b4582e/dinov2_vits14.onnx"
+)
+DEFAULT_MODEL_SHA256 = "4df36ef0716a8f17d984fc7546a3a5d670fda6911eb298592250cb9e26756063"
+DEFAULT_MODEL_SIZE = 86_644_121
+DEFAULT_OUTPUT_SUFFIX = ".dinov2.json"
+# Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS).
+DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+Preprocess = Literal["center-crop", "squash"]
+
+
+def default_cache_dir() -> Path:
+    """``/tmp/dinoembed`` inside Lambda (HOME is read-only), else the XDG cache."""
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        return Path("/tmp/dinoembed")
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "dinoembed"
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the CLI, the Lambda handler and the watcher."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DINOEMBED_", frozen=True, extra="ignore", protected_namespaces=()
+    )
+
+    model_path: Path | None = None
+    model_url: str = DEFAULT_MODEL_URL
+    model_sha256: str = DEFAULT_MODEL_SHA256
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    normalize: bool = True
+    preprocess: Preprocess = "center-crop"
+    output_suffix: str = DEFAULT_OUTPUT_SUFFIX
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    threads: int | None = Field(default=None, ge=1)
+    decode_workers: int | None = Field(default=None, ge=1)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)
+    recursive: bool = False
+    write_sidecars: bool = False
+    # watcher
+    polling: bool = False
+    settle_seconds: float = Field(default=0.3, ge=0.0)
+    rescan_seconds: float = Field(default=300.0, ge=0.0)
+
+    @field_validator("model_sha256")
+    @classmethod
+    def _hex_sha256(cls, value: str) -> str:
+        value = value.strip().lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("must be 64 hexadecimal characters (a sha256 digest)")
+        return value
+
+    @field_validator("model_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "s3://")):
+            raise ValueError("must start with http://, https:// or s3://")
+        return value
+
+    @field_validator("output_suffix")
+    @classmethod
+    def _suffix_not_empty(cls, value: str) -> str:
+        if not value or "/" in value:
+            raise ValueError("must be a non-empty file-name suffix without '/'")
+        return value
+
+    @property
+    def sha256_is_explicit(self) -> bool:
+        """True when the user named a sha256 (then even a local model path is checked)."""
+        return "model_sha256" in self.model_fields_set
+
+    @property
+    def model_name(self) -> str:
+        if self.model_path is not None:
+            return self.model_path.stem
+        if self.model_url == DEFAULT_MODEL_URL:
+            return DEFAULT_MODEL_NAME
+        return Path(self.model_url.rsplit("/", 1)[-1]).stem or DEFAULT_MODEL_NAME
