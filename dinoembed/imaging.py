@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,7 @@ def _decode_stream(fh: BinaryIO, limits: DecodeLimits, target: DecodeTarget | No
     img = _open(fh, head, limits)
     if target is not None and target.reduce and img.format in ("JPEG", "MPO"):
         img.draft(None, min_decode_size(img.width, img.height, target.mode, target.input_size))
-    _load(img)
+    _load(img, limits)
     return to_rgb(_orient(img))
 
 
@@ -135,7 +136,7 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
             raise UnsupportedFormatError(f"unsupported format: {name}") from err
         raise NotAnImageError("not an image: the data is not a recognised image format") from err
     except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"image too large: {err}") from err
+        raise _bomb_error(err, limits) from err
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
         raise CorruptImageError(f"corrupt image header: {_one_line(err)}") from err
     width, height = img.size
@@ -150,11 +151,21 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
     return img
 
 
-def _load(img: Image.Image) -> None:
+def _bomb_error(err: Image.DecompressionBombError, limits: DecodeLimits) -> ImageTooLargeError:
+    """Pillow refuses > 2x its MAX_IMAGE_PIXELS inside ``Image.open``, before we see the size;
+    its message carries the pixel count, which we restate in our own words."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    pixels = f"{found.group(1)} pixels" if found else "the pixel count"
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    limit = min(limits.max_pixels, pillow_limit) if pillow_limit else limits.max_pixels
+    return ImageTooLargeError(f"image too large: {pixels} exceeds {limit} pixels")
+
+
+def _load(img: Image.Image, limits: DecodeLimits) -> None:
     try:
         img.load()
     except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(f"image too large: {err}") from err
+        raise _bomb_error(err, limits) from err
     except OSError as err:
         message = str(err)
         if "truncated" in message or "premature end" in message.lower():

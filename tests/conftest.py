@@ -19,7 +19,9 @@ EVENTS_DIR = Path(__file__).parent / "events"
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolated_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """No test reads the developer's DINOEMBED_* settings or writes into ~/.cache."""
     import os
 

@@ -1,0 +1,115 @@
+"""The pipeline: batches, order, and bad inputs that never sink the good ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dinoembed.errors import SourceGoneError, TransientError
+from dinoembed.pipeline import Embedder, ImageItem
+from dinoembed.transforms import preprocess
+from tests.helpers import encode
+from tests.test_imaging import BAD_INPUTS, bad_input_bytes
+
+
+def _item(name: str, data: bytes) -> ImageItem:
+    return ImageItem(name, lambda: data)
+
+
+def test_bad_inputs_get_error_results_and_good_ones_still_succeed(
+    photos: dict[str, Image.Image], embedder: Embedder, tmp_path: Path
+) -> None:
+    # GIVEN good photos interleaved with every kind of bad input, in one call
+    good = {f"{n}.jpg": encode(img, "JPEG") for n, img in photos.items()}
+    bad = {name: bad_input_bytes(name, photos["coffee"]) for name in BAD_INPUTS}
+    names = [n for pair in zip(sorted(good), sorted(bad), strict=False) for n in pair]
+    names += sorted(bad)[len(good) :]
+    data = good | bad
+    # WHEN embedded
+    outcomes = list(embedder.embed(_item(n, data[n]) for n in names))
+    # THEN every input has exactly one result, in input order
+    assert [o.item.file_path for o in outcomes] == names
+    for outcome in outcomes:
+        result = outcome.result
+        assert result is not None and outcome.failure is None
+        if outcome.item.file_path in good:
+            assert result.status == "success" and result.embedding is not None
+            assert result.embedding.embedding_dim == 32
+        else:
+            assert result.status == "error" and result.embedding is None
+            assert result.error is not None
+            assert result.error.startswith(BAD_INPUTS[outcome.item.file_path][0])
+            assert "\n" not in result.error and str(tmp_path) not in result.error
+
+
+def test_odd_but_valid_images_succeed(photos: dict[str, Image.Image], embedder: Embedder) -> None:
+    photo = photos["coffee"]
+    ramp = np.linspace(0, 65535, 300 * 200).reshape(200, 300).astype(np.uint16)
+    frames = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    inputs = {
+        "cmyk.jpg": encode(photo.convert("CMYK"), "JPEG"),
+        "sixteen.png": encode(Image.fromarray(ramp), "PNG"),
+        "palette.png": encode(photo.convert("P"), "PNG", transparency=0),
+        "animated.gif": encode(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "gray.webp": encode(photo.convert("L"), "WEBP"),
+        "tiny.bmp": encode(photo.resize((3, 2)), "BMP"),
+        "photo.tiff": encode(photo, "TIFF"),
+    }
+    outcomes = list(embedder.embed(_item(n, d) for n, d in inputs.items()))
+    assert [(o.item.file_path, o.result and o.result.status) for o in outcomes] == [
+        (n, "success") for n in inputs
+    ]
+
+
+def test_batches_agree_with_one_by_one(photos: dict[str, Image.Image], embedder: Embedder) -> None:
+    items = [_item(n, encode(p, "PNG")) for n, p in photos.items()]
+    together = [o.result for o in embedder.embed(items)]
+    alone = [embedder.embed_one(item).result for item in items]
+    for a, b in zip(together, alone, strict=True):
+        assert a is not None and b is not None and a.embedding and b.embedding
+        np.testing.assert_allclose(a.embedding.embedding, b.embedding.embedding, atol=1e-6)
+
+
+def test_embedding_is_the_engine_output_of_the_reference_tensor(
+    photos: dict[str, Image.Image], embedder: Embedder
+) -> None:
+    # The JSON round trip keeps float32 precision and the vector is L2-normalised.
+    img = photos["rocket"]
+    result = embedder.embed_one(_item("rocket.png", encode(img, "PNG"))).result
+    assert result is not None and result.embedding is not None
+    raw = embedder.engine.session.run(
+        None, {embedder.engine.spec.input_name: preprocess(img, "center-crop", 224)[None]}
+    )[0][0]
+    expected = raw / np.linalg.norm(raw)
+    got = np.array(result.embedding.embedding, dtype=np.float32)
+    assert np.array_equal(got, expected.astype(np.float32))
+    assert result.embedding.normalized is True
+    assert abs(np.linalg.norm(got) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("error", [SourceGoneError("gone"), TransientError("throttled")])
+def test_non_image_failures_are_handed_back_to_the_adapter(
+    photos: dict[str, Image.Image], embedder: Embedder, error: Exception
+) -> None:
+    def load() -> bytes:
+        raise error
+
+    good = encode(photos["coffee"], "PNG")
+    outcomes = list(embedder.embed([ImageItem("x", load), _item("ok.png", good)]))
+    assert outcomes[0].result is None and outcomes[0].failure is error
+    assert outcomes[1].result is not None and outcomes[1].result.ok
+
+
+def test_more_items_than_the_window_keep_order(embedder: Embedder) -> None:
+    colors = [(i * 7 % 256, i * 13 % 256, i * 29 % 256) for i in range(70)]
+    items = [
+        _item(str(i), encode(Image.new("RGB", (40, 40), c), "PNG")) for i, c in enumerate(colors)
+    ]
+    outcomes = list(embedder.embed(items))
+    assert [o.item.file_path for o in outcomes] == [str(i) for i in range(70)]
+    first = embedder.embed_one(items[0]).result
+    assert first is not None and outcomes[0].result is not None
+    assert first.embedding == outcomes[0].result.embedding
