@@ -103,7 +103,7 @@ def create_session(path: Path, threads: int | None = None) -> Session:
     except Exception as err:
         message = " ".join(str(err).split())[:300]
         raise ModelFormatError(f"cannot load ONNX model {path.name}: {message}") from err
-    return session  # type: ignore[no-any-return]
+    return session
 
 
 def _static(dim: Any) -> int | None:

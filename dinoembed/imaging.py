@@ -62,7 +62,7 @@ def _heif_available() -> bool:
 
 
 def allowed_formats() -> tuple[str, ...]:
-    formats = BASE_FORMATS
+    formats: tuple[str, ...] = BASE_FORMATS
     if features.check("avif"):
         formats += ("AVIF",)
     if _heif_available():

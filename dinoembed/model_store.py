@@ -211,7 +211,7 @@ class ModelStore:
         if source.size is not None and writer.size != source.size:
             raise ModelIntegrityError(
                 f"downloaded model from {source.url} has {writer.size} bytes, "
-                f"expected {source.size}"
+                f"expected {source.size} bytes"
             )
         digest = writer.digest.hexdigest()
         if digest != source.sha256:

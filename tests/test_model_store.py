@@ -1,0 +1,183 @@
+"""The model store against a real local HTTP server and moto S3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
+from dinoembed.fetchers import HttpFetcher, default_fetchers
+from dinoembed.model_store import ModelSource, ModelStore
+from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, Settings
+from tests.model_server import Script, serve
+
+BODY = os.urandom(300_000)
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+def _store(cache: Path, attempts: int = 3) -> ModelStore:
+    http = HttpFetcher(attempts=attempts, backoff=0.0, timeout=5.0)
+    return ModelStore(cache, fetchers={"http": http, "https": http})
+
+
+def _source(url: str, sha: str = SHA, size: int | None = None) -> ModelSource:
+    return ModelSource(url=url, sha256=sha, name="model", size=size)
+
+
+def _leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
+
+
+def test_first_resolve_downloads_second_uses_the_cache(tmp_path: Path) -> None:
+    script = Script(BODY)
+    with serve(script) as url:
+        first = _store(tmp_path).resolve(_source(url))
+        second = _store(tmp_path).resolve(_source(url))
+    assert script.requests == 1
+    assert (first.origin, second.origin) == ("download", "cache")
+    assert first.path == second.path and first.path.read_bytes() == BODY
+    assert first.sha256 == SHA
+
+
+def test_wrong_sha256_is_refused_and_nothing_is_cached(tmp_path: Path) -> None:
+    with serve(Script(BODY)) as url, pytest.raises(ModelIntegrityError, match="has sha256"):
+        _store(tmp_path).resolve(_source(url, sha="0" * 64))
+    assert _leftovers(tmp_path) == []
+
+
+def test_wrong_size_is_refused(tmp_path: Path) -> None:
+    with serve(Script(BODY)) as url, pytest.raises(ModelIntegrityError, match="expected 12 bytes"):
+        _store(tmp_path).resolve(_source(url, size=12))
+    assert _leftovers(tmp_path) == []
+
+
+def test_connection_cut_mid_body_is_retried(tmp_path: Path) -> None:
+    script = Script(BODY, steps=["cut", "ok"])
+    with serve(script) as url:
+        resolved = _store(tmp_path).resolve(_source(url))
+    assert script.requests == 2
+    assert resolved.path.read_bytes() == BODY
+
+
+def test_connection_always_cut_is_a_clean_transient_error(tmp_path: Path) -> None:
+    script = Script(BODY, steps=["cut"])
+    with serve(script) as url, pytest.raises(ModelUnavailableError) as info:
+        _store(tmp_path, attempts=3).resolve(_source(url))
+    assert script.requests == 3
+    assert "set DINOEMBED_MODEL_PATH to a local copy" in str(info.value)
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("status", ["429", "503"])
+def test_throttling_and_server_errors_are_retried(tmp_path: Path, status: str) -> None:
+    script = Script(BODY, steps=[status, status, "ok"])
+    with serve(script) as url:
+        assert _store(tmp_path).resolve(_source(url)).path.read_bytes() == BODY
+    assert script.requests == 3
+
+
+def test_not_found_is_not_retried(tmp_path: Path) -> None:
+    script = Script(BODY, steps=["404"])
+    with serve(script) as url, pytest.raises(ModelUnavailableError, match="HTTP 404"):
+        _store(tmp_path).resolve(_source(url))
+    assert script.requests == 1
+
+
+def test_offline_error_names_the_way_out(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailableError) as info:
+        _store(tmp_path, attempts=1).resolve(_source("http://127.0.0.1:9/model.onnx"))
+    message = str(info.value)
+    assert message.startswith("cannot download model from http://127.0.0.1:9/model.onnx")
+    assert message.endswith("set DINOEMBED_MODEL_PATH to a local copy")
+
+
+def test_corrupted_cache_is_detected_and_fetched_again(tmp_path: Path) -> None:
+    script = Script(BODY)
+    with serve(script) as url:
+        first = _store(tmp_path).resolve(_source(url))
+        data = bytearray(first.path.read_bytes())
+        data[1000] ^= 0xFF  # same size, different bytes
+        first.path.write_bytes(bytes(data))
+        again = _store(tmp_path).resolve(_source(url))
+    assert script.requests == 2 and again.origin == "download"
+    assert again.path.read_bytes() == BODY
+
+
+def test_truncated_cache_is_detected_and_fetched_again(tmp_path: Path) -> None:
+    script = Script(BODY)
+    with serve(script) as url:
+        first = _store(tmp_path).resolve(_source(url))
+        first.path.write_bytes(BODY[:1000])
+        again = _store(tmp_path).resolve(_source(url))
+    assert script.requests == 2 and again.path.read_bytes() == BODY
+
+
+def test_stale_partial_file_from_a_killed_process_is_removed(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    stale = models / f".{SHA}.abc123.part"
+    stale.write_bytes(BODY[:10])
+    with serve(Script(BODY)) as url:
+        _store(tmp_path).resolve(_source(url))
+    assert not stale.exists()
+    assert _leftovers(tmp_path) == [f"{SHA}.onnx", f"{SHA}.onnx.verified"]
+
+
+def test_two_processes_fetching_at_once_download_once(tmp_path: Path) -> None:
+    # GIVEN a slow server, so both processes are mid-resolve at the same time
+    script = Script(BODY, delay_per_chunk=0.2)
+    env = os.environ | {"DINOEMBED_CACHE_DIR": str(tmp_path), "DINOEMBED_MODEL_SHA256": SHA}
+    with serve(script) as url:
+        env["DINOEMBED_MODEL_URL"] = url
+        cmd = [sys.executable, "-m", "dinoembed.cli", "model", "fetch"]
+        procs = [
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    # THEN the file was downloaded once, and both report the same verified path
+    assert script.requests == 1
+    assert b'"origin": "download"' in outputs[0][0] + outputs[1][0]
+    assert b'"origin": "cache"' in outputs[0][0] + outputs[1][0]
+
+
+def test_explicit_path_is_used_as_is_and_checked_only_when_asked(tmp_path: Path) -> None:
+    model = tmp_path / "mine.onnx"
+    model.write_bytes(BODY)
+    store = _store(tmp_path / "cache")
+    unchecked = store.resolve(ModelSource.from_settings(Settings(model_path=model)))
+    assert (unchecked.origin, unchecked.sha256, unchecked.name) == ("path", SHA, "mine")
+    checked = Settings(model_path=model, model_sha256="1" * 64)
+    with pytest.raises(ModelIntegrityError, match="expected 1111"):
+        store.resolve(ModelSource.from_settings(checked))
+    with pytest.raises(ConfigError, match="model file not found"):
+        store.resolve(ModelSource.from_settings(Settings(model_path=tmp_path / "missing.onnx")))
+
+
+def test_default_source_is_the_pinned_dinov2_model() -> None:
+    source = ModelSource.from_settings(Settings())
+    assert source.url == DEFAULT_MODEL_URL
+    assert source.sha256 == DEFAULT_MODEL_SHA256
+    assert source.size == 86_644_121 and source.name == "dinov2_vits14"
+
+
+def test_s3_model_url_is_fetched_with_the_given_client(tmp_path: Path) -> None:
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="models")
+        s3.put_object(Bucket="models", Key="dino/model.onnx", Body=BODY)
+        store = ModelStore(tmp_path, fetchers=default_fetchers(s3))
+        resolved = store.resolve(_source("s3://models/dino/model.onnx"))
+        assert resolved.path.read_bytes() == BODY
+        with pytest.raises(ModelUnavailableError, match="cannot download model from s3://"):
+            ModelStore(tmp_path / "other", fetchers=default_fetchers(s3)).resolve(
+                _source("s3://models/missing.onnx")
+            )
