@@ -1,0 +1,121 @@
+"""AWS Lambda entry point: ``handler.app.lambda_handler``.
+
+Module-level lazy state: the settings, the S3 client, the logger and metrics are
+made on the first invocation of an execution environment, and the model is
+loaded the first time an invocation has an image to embed (an ``s3:TestEvent``
+cold start downloads nothing). Later invocations reuse all of it. If loading the
+model fails, nothing is kept and the next invocation tries again.
+
+Failure policy (SPEC section 7): SQS invocations return
+``{"batchItemFailures": [...]}`` listing the messages to retry (unrecognised
+bodies, transient errors); every other invocation raises
+:class:`~dinoembed.errors.TransientError` when any object must be retried, so
+Lambda's retries and the failure destination / DLQ take over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+
+from dinoembed.errors import TransientError
+from dinoembed.fetchers import default_fetchers
+from dinoembed.model_store import ModelStore
+from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.settings import Settings
+from handler.events import Invocation, normalise
+from handler.observability import Tally, make_logger, make_metrics, publish
+from handler.process import Processor, Report
+from handler.s3io import S3Objects, make_client
+
+log = logging.getLogger(f"dinoembed.{__name__}")
+
+
+@dataclass
+class Runtime:
+    """Everything that lives as long as the execution environment."""
+
+    settings: Settings
+    s3_client: Any
+    logger: Logger
+    metrics: Metrics
+    _embedder: Embedder | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    model_loads: int = 0
+
+    def embedder(self) -> Embedder:
+        """The pipeline, built on first use (the model download happens here, once)."""
+        with self._lock:
+            if self._embedder is None:
+                store = ModelStore(self.settings.cache_dir, default_fetchers(self.s3_client))
+                self._embedder = build_embedder(self.settings, store=store)
+                self.model_loads += 1
+            return self._embedder
+
+    def processor(self) -> Processor:
+        return Processor(S3Objects(self.s3_client), self.embedder, self.settings.output_suffix)
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The execution environment's state, created on the first call."""
+    global _runtime
+    if _runtime is None:
+        logger = make_logger()  # configures the "dinoembed" loggers before anything logs
+        _runtime = Runtime(Settings(), make_client(), logger, make_metrics())
+    return _runtime
+
+
+def reset() -> None:
+    """Forget the state (a fresh cold start); for tests and local experiments."""
+    global _runtime
+    _runtime = None
+
+
+def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+    rt = runtime()
+    rt.logger.append_keys(request_id=getattr(context, "aws_request_id", None))
+    invocation = normalise(event)
+    report = Report()
+    try:
+        if invocation.kind == "test":
+            log.info("s3:TestEvent received; nothing to do")
+        else:
+            report = rt.processor().process(invocation.refs)
+    finally:
+        tally = Tally(failed=len(invocation.bad_messages))
+        tally.merge(report.tally)
+        publish(rt.metrics, tally)
+    return _respond(invocation, report)
+
+
+def _respond(invocation: Invocation, report: Report) -> dict[str, Any]:
+    if invocation.kind == "sqs":
+        failed = _unique([*invocation.bad_messages, *(r.message_id for r in report.failed)])
+        for message_id in invocation.bad_messages:
+            log.warning("SQS message %s is not an S3 notification", message_id)
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}
+    if report.failed:
+        keys = ", ".join(ref.uri for ref in report.failed[:5])
+        raise TransientError(f"{len(report.failed)} object(s) must be retried: {keys}")
+    tally = report.tally
+    return {
+        "kind": invocation.kind,
+        "embedded": tally.embedded,
+        "errors": tally.errors,
+        "skipped": tally.skipped,
+    }
+
+
+def _unique(ids: Any) -> list[str]:
+    seen: dict[str, None] = {}
+    for message_id in ids:
+        if message_id is not None:
+            seen.setdefault(message_id, None)
+    return list(seen)

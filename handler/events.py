@@ -1,0 +1,203 @@
+"""One event normaliser: whatever invoked the function, a list of S3 objects to look at.
+
+Accepted shapes (AWS's own JSON, as documented for each service):
+
+- a direct S3 notification (``{"Records": [{"eventSource": "aws:s3", ...}]}``);
+- SQS messages whose body is an S3 notification, an SNS envelope around one
+  (SQS -> SNS -> S3 without raw delivery), or an EventBridge event;
+- SNS records invoking the function directly (``"EventSource": "aws:sns"``);
+- an EventBridge "Object Created" event from S3;
+- S3's ``s3:TestEvent``, which names no object and is acknowledged.
+
+S3 notifications carry keys URL-encoded ("red flower.jpg" arrives as
+"red+flower.jpg"), so every key is decoded with ``unquote_plus``; EventBridge
+keys are decoded the same way (as aws-lambda-powertools does). The functions
+here are pure: they only read the event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote_plus
+
+from dinoembed.errors import PermanentError
+
+Kind = Literal["s3", "sqs", "sns", "eventbridge", "test"]
+
+
+class UnrecognisedEventError(PermanentError):
+    """The event (or one SQS message) is not an S3 object notification."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """One object an event announced. ``message_id`` is the SQS message it came in, if any."""
+
+    bucket: str
+    key: str
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    message_id: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """The objects to process and the SQS messages that could not be understood."""
+
+    kind: Kind
+    refs: list[ObjectRef] = field(default_factory=list)
+    bad_messages: list[str] = field(default_factory=list)
+    ignored: int = 0
+
+
+def normalise(event: Any) -> Invocation:
+    """Any accepted event -> :class:`Invocation`; raises :class:`UnrecognisedEventError`."""
+    if not isinstance(event, Mapping):
+        raise UnrecognisedEventError(f"event must be a JSON object, got {type(event).__name__}")
+    if _is_test_event(event):
+        return Invocation("test")
+    if event.get("source") == "aws.s3" and "detail" in event:
+        return _eventbridge_invocation(event)
+    records = event.get("Records")
+    if not isinstance(records, list) or not records:
+        raise UnrecognisedEventError(f"not an S3, SQS, SNS or EventBridge event: {_keys(event)}")
+    first = records[0] if isinstance(records[0], Mapping) else {}
+    if first.get("eventSource") == "aws:sqs":
+        return _sqs_invocation(records)
+    if first.get("EventSource") == "aws:sns":
+        refs, ignored = _from_sns_records(records, None)
+        return Invocation("sns", refs, ignored=ignored)
+    refs, ignored = _from_s3_records(records, None)
+    return Invocation("s3", refs, ignored=ignored)
+
+
+def _sqs_invocation(records: list[Any]) -> Invocation:
+    refs: list[ObjectRef] = []
+    bad: list[str] = []
+    ignored = 0
+    for record in records:
+        message_id = str(record.get("messageId", "")) if isinstance(record, Mapping) else ""
+        try:
+            body = json.loads(record["body"])
+            found, skipped = _from_message_body(body, message_id)
+        except (KeyError, TypeError, ValueError, UnrecognisedEventError):
+            bad.append(message_id)
+            continue
+        refs.extend(found)
+        ignored += skipped
+    return Invocation("sqs", refs, bad, ignored)
+
+
+def _from_message_body(body: Any, message_id: str | None) -> tuple[list[ObjectRef], int]:
+    """The body of an SQS message or an SNS notification: one of the shapes, unwrapped."""
+    if not isinstance(body, Mapping):
+        raise UnrecognisedEventError("message body is not a JSON object")
+    if _is_test_event(body):
+        return [], 1
+    if body.get("Type") == "Notification" and "Message" in body:
+        return _from_message_body(json.loads(body["Message"]), message_id)
+    if body.get("source") == "aws.s3" and "detail" in body:
+        return _from_eventbridge(body, message_id)
+    records = body.get("Records")
+    if not isinstance(records, list) or not records:
+        raise UnrecognisedEventError(f"message is not an S3 notification: {_keys(body)}")
+    return _from_s3_records(records, message_id)
+
+
+def _from_sns_records(records: list[Any], message_id: str | None) -> tuple[list[ObjectRef], int]:
+    refs: list[ObjectRef] = []
+    ignored = 0
+    for record in records:
+        try:
+            found, skipped = _from_message_body(json.loads(record["Sns"]["Message"]), message_id)
+        except (KeyError, TypeError, ValueError) as err:
+            raise UnrecognisedEventError(f"SNS record without an S3 notification: {err}") from err
+        refs.extend(found)
+        ignored += skipped
+    return refs, ignored
+
+
+def _from_s3_records(records: list[Any], message_id: str | None) -> tuple[list[ObjectRef], int]:
+    """S3 notification records; only ``ObjectCreated:*`` names objects to embed."""
+    refs: list[ObjectRef] = []
+    ignored = 0
+    for record in records:
+        try:
+            if record.get("eventSource") != "aws:s3":
+                raise UnrecognisedEventError(f"record is not from S3: {_keys(record)}")
+            if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+                ignored += 1
+                continue
+            s3 = record["s3"]
+            obj = s3["object"]
+            refs.append(
+                ObjectRef(
+                    bucket=str(s3["bucket"]["name"]),
+                    key=unquote_plus(str(obj["key"])),
+                    size=_int_or_none(obj.get("size")),
+                    etag=normalise_etag(obj.get("eTag")),
+                    version_id=obj.get("versionId") or None,
+                    message_id=message_id,
+                )
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise UnrecognisedEventError(f"malformed S3 record: missing {err}") from err
+    return refs, ignored
+
+
+def _eventbridge_invocation(event: Mapping[str, Any]) -> Invocation:
+    refs, ignored = _from_eventbridge(event, None)
+    return Invocation("eventbridge", refs, ignored=ignored)
+
+
+def _from_eventbridge(
+    event: Mapping[str, Any], message_id: str | None
+) -> tuple[list[ObjectRef], int]:
+    if event.get("detail-type") != "Object Created":
+        return [], 1
+    try:
+        detail = event["detail"]
+        obj = detail["object"]
+        ref = ObjectRef(
+            bucket=str(detail["bucket"]["name"]),
+            key=unquote_plus(str(obj["key"])),
+            size=_int_or_none(obj.get("size")),
+            etag=normalise_etag(obj.get("etag") or obj.get("eTag")),
+            version_id=obj.get("version-id") or None,
+            message_id=message_id,
+        )
+    except (KeyError, TypeError) as err:
+        raise UnrecognisedEventError(f"malformed EventBridge S3 event: missing {err}") from err
+    return [ref], 0
+
+
+def _is_test_event(event: Mapping[str, Any]) -> bool:
+    return event.get("Event") == "s3:TestEvent"
+
+
+def normalise_etag(etag: Any) -> str | None:
+    """ETags as S3's API returns them: in double quotes (events leave the quotes out)."""
+    if not etag:
+        return None
+    return '"' + str(etag).strip('"') + '"'
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _keys(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        return "keys " + ", ".join(sorted(str(k) for k in obj)[:8])
+    return type(obj).__name__

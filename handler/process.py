@@ -1,0 +1,207 @@
+"""From announced S3 objects to sidecars: plan, embed in batches, write conditionally.
+
+For each object announced:
+
+1. skip it when its key is one of our own sidecars (recursion guard) or not an image;
+2. learn its size and ETag (from the event, else ``HeadObject``); a vanished object
+   is skipped;
+3. read its sidecar: if that records the same source ETag and the same model sha256
+   and preprocessing, skip (idempotent under at-least-once delivery);
+4. an object above ``DINOEMBED_MAX_BYTES`` gets an error sidecar without being
+   downloaded; the rest are embedded together, in batches, by the core pipeline;
+5. write each sidecar with ``IfNoneMatch: *`` (none existed) or ``IfMatch`` (the
+   one we read); a lost race means another invocation wrote it: done.
+
+Transient trouble (throttling, 5xx, the model not downloadable) marks the object
+*failed*: the caller retries it (SQS ``batchItemFailures``, or raising).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError, TransientError
+from dinoembed.imaging import check_byte_size
+from dinoembed.local import looks_like_image
+from dinoembed.pipeline import Embedder, ImageItem
+from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo, is_sidecar, sidecar_name
+from handler.events import ObjectRef
+from handler.observability import Tally
+from handler.s3io import ObjectMeta, S3Objects, Sidecar
+
+log = logging.getLogger(f"dinoembed.{__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """An object that will get a sidecar: embedded, or an error result without download."""
+
+    ref: ObjectRef
+    item: ImageItem
+    existing: Sidecar | None
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    failed: list[ObjectRef] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+
+
+def sidecar_is_current(sidecar: Sidecar | None, etag: str | None, model: ModelInfo) -> bool:
+    """True when the sidecar records this very object (ETag) made by this very model."""
+    if sidecar is None or sidecar.result is None or etag is None:
+        return False
+    result = sidecar.result
+    return (
+        result.source.etag == etag
+        and result.model.sha256 == model.sha256
+        and result.model.preprocess == model.preprocess
+    )
+
+
+class Processor:
+    """Turns announced objects into sidecars; one per execution environment."""
+
+    def __init__(
+        self, objects: S3Objects, embedder: Callable[[], Embedder], output_suffix: str
+    ) -> None:
+        self.objects = objects
+        self._embedder = embedder
+        self.suffix = output_suffix
+
+    def process(self, refs: Iterable[ObjectRef]) -> Report:
+        report = Report()
+        candidates = [ref for ref in refs if self._wanted(ref, report)]
+        if not candidates:
+            return report
+        try:
+            embedder = self._embedder()
+        except DinoEmbedError as err:
+            log.error("model unavailable: %s", err, extra={"error": str(err)})
+            for ref in candidates:
+                self._fail(ref, report, f"model unavailable: {err}")
+            return report
+        jobs = [job for ref in candidates if (job := self._plan(ref, embedder, report))]
+        self._run(jobs, embedder, report)
+        return report
+
+    def _wanted(self, ref: ObjectRef, report: Report) -> bool:
+        if is_sidecar(ref.key, self.suffix):
+            self._skip(ref, report, "own output (recursion guard)")
+            return False
+        if not looks_like_image(Path(ref.key), self.suffix):
+            self._skip(ref, report, "not an image key")
+            return False
+        return True
+
+    def _plan(self, ref: ObjectRef, embedder: Embedder, report: Report) -> _Job | None:
+        try:
+            meta = self._meta(ref)
+            existing = self.objects.read_sidecar(ref.bucket, self._sidecar_key(ref))
+        except SourceGoneError as err:
+            self._skip(ref, report, f"object gone: {err}")
+            return None
+        except DinoEmbedError as err:
+            self._fail(ref, report, str(err))
+            return None
+        if sidecar_is_current(existing, meta.etag, embedder.model):
+            self._skip(ref, report, "sidecar is current")
+            return None
+        item = self._item(ref, meta)
+        try:
+            check_byte_size(meta.size, embedder.limits)
+        except ImageError as err:
+            return _Job(ref, item, existing, error=str(err))
+        return _Job(ref, item, existing)
+
+    def _meta(self, ref: ObjectRef) -> ObjectMeta:
+        if ref.size is not None and ref.etag is not None:
+            return ObjectMeta(ref.size, ref.etag, ref.version_id)
+        return self.objects.head(ref.bucket, ref.key)
+
+    def _item(self, ref: ObjectRef, meta: ObjectMeta) -> ImageItem:
+        bucket, key, objects = ref.bucket, ref.key, self.objects
+
+        def load() -> bytes:
+            return objects.read(bucket, key, etag=meta.etag, version_id=meta.version_id)
+
+        source = SourceInfo(size=meta.size, etag=meta.etag, version_id=meta.version_id)
+        return ImageItem(file_path=ref.uri, load=load, source=source)
+
+    def _run(self, jobs: list[_Job], embedder: Embedder, report: Report) -> None:
+        to_embed = [job for job in jobs if job.error is None]
+        for job in jobs:
+            if job.error is not None:
+                self._write(job, embedder.error_result(job.item, job.error), report, 0.0)
+        outcomes = embedder.embed(job.item for job in to_embed)
+        for job, outcome in zip(to_embed, outcomes, strict=True):
+            if outcome.result is not None:
+                self._write(job, outcome.result, report, outcome.seconds)
+            elif isinstance(outcome.failure, SourceGoneError):
+                self._skip(job.ref, report, f"object gone: {outcome.failure}")
+            elif isinstance(outcome.failure, TransientError):
+                self._fail(job.ref, report, str(outcome.failure))
+            else:  # a permanent S3 refusal (e.g. AccessDenied): say so in the sidecar
+                message = f"cannot read object: {outcome.failure}"
+                self._write(job, embedder.error_result(job.item, message), report, 0.0)
+
+    def _write(self, job: _Job, result: EmbeddingResult, report: Report, seconds: float) -> None:
+        replaces = job.existing.etag if job.existing else None
+        try:
+            written = self.objects.put_sidecar(
+                job.ref.bucket, self._sidecar_key(job.ref), result, replaces=replaces
+            )
+        except DinoEmbedError as err:
+            self._fail(job.ref, report, f"cannot write sidecar: {err}")
+            return
+        if not written:
+            self._skip(job.ref, report, "sidecar written concurrently by another invocation")
+            return
+        if result.ok:
+            report.tally.embedded += 1
+            report.tally.embed_ms += seconds * 1000.0
+        else:
+            report.tally.errors += 1
+        _log_image(job.ref, result.status, seconds, error=result.error)
+
+    def _sidecar_key(self, ref: ObjectRef) -> str:
+        return sidecar_name(ref.key, self.suffix)
+
+    @staticmethod
+    def _skip(ref: ObjectRef, report: Report, reason: str) -> None:
+        report.tally.skipped += 1
+        _log_image(ref, "skipped", 0.0, reason=reason)
+
+    @staticmethod
+    def _fail(ref: ObjectRef, report: Report, reason: str) -> None:
+        report.tally.failed += 1
+        report.failed.append(ref)
+        _log_image(ref, "failed", 0.0, reason=reason, level=logging.WARNING)
+
+
+def _log_image(
+    ref: ObjectRef,
+    status: str,
+    seconds: float,
+    *,
+    reason: str | None = None,
+    error: str | None = None,
+    level: int = logging.INFO,
+) -> None:
+    """One structured line per image: where it is, what happened, how long it took."""
+    extra = {
+        "bucket": ref.bucket,
+        "key": ref.key,
+        "status": status,
+        "seconds": round(seconds, 4),
+        "message_id": ref.message_id,
+    }
+    if reason:
+        extra["reason"] = reason
+    if error:
+        extra["error"] = error
+    log.log(level, "%s %s", status, ref.uri, extra=extra)
