@@ -1,0 +1,285 @@
+"""``dinoembed watch``: lifecycle of the directory watcher.
+
+Start-up has no gap: the observer starts first, then the tree is scanned
+(events for files the scan also finds are merged in the queue, and a sidecar
+that became current meanwhile is not rewritten). ``--once`` skips the observer,
+scans, waits for the backlog and exits. Otherwise the main thread supervises:
+it scans folders that appear, rescans every ``rescan_seconds`` and whenever
+events were lost (our queue or the kernel's inotify queue overflowed), and logs
+a summary line every minute. SIGINT/SIGTERM stop the daemon: the batch in
+progress is finished and its sidecars written, then it exits 0.
+
+Recursion: ``Settings.recursive`` defaults to False, which suits ``embed``;
+a watcher is recursive unless recursion was set explicitly (``--no-recursive``
+or ``DINOEMBED_RECURSIVE``), see :func:`watch_recursive`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+
+from dinoembed.errors import ConfigError
+from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.progress import Progress
+from dinoembed.settings import Settings
+from watcher.events import EnqueueHandler
+from watcher.observer import ObserverFactory, start_observer, stop_observer
+from watcher.queue import DEFAULT_CAPACITY, WorkQueue
+from watcher.scan import Scanner, ScanReport, count_images
+from watcher.settle import SettlePolicy
+from watcher.sidecars import Sidecars
+from watcher.worker import Worker
+
+log = logging.getLogger(__name__)
+
+SUMMARY_SECONDS = 60.0
+TICK_SECONDS = 1.0
+INOTIFY_LOGGER = "watchdog.observers.inotify_c"
+
+
+def watch_recursive(settings: Settings) -> bool:
+    """Watching is recursive unless the user set ``recursive`` (flag or environment)."""
+    return settings.recursive if "recursive" in settings.model_fields_set else True
+
+
+class _OverflowSignal(logging.Handler):
+    """watchdog logs, but does not report, a kernel inotify queue overflow: listen for it."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "queue overflowed" in record.getMessage():
+            self.on_overflow()
+
+
+class WatchDaemon:
+    """One watched folder: observer + scanner + worker. ``run`` blocks until ``stop``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Path,
+        *,
+        embedder: Embedder | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+        summary_seconds: float = SUMMARY_SECONDS,
+        native_observer: ObserverFactory | None = None,
+    ) -> None:
+        if not directory.is_dir():
+            raise ConfigError(f"{directory}: not a folder (dinoembed watch needs a directory)")
+        self.settings = settings
+        self.root = directory.absolute()
+        self.recursive = watch_recursive(settings)
+        self.capacity = capacity
+        self.summary_seconds = summary_seconds
+        self.native_observer = native_observer
+        self._embedder = embedder
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lost_events = threading.Event()
+        self._scan_lock = threading.Lock()
+        self._scan_requests: list[Path] = []
+        self.worker: Worker | None = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def request_scan(self, folder: Path) -> None:
+        """A folder appeared (created or moved in): look inside it (called by the handler)."""
+        with self._scan_lock:
+            self._scan_requests.append(folder)
+        self._wake.set()
+
+    def _events_lost(self) -> None:
+        self._lost_events.set()
+        self._wake.set()
+
+    def run(self, *, once: bool = False) -> int:
+        embedder = self._embedder or build_embedder(self.settings)
+        sidecars = Sidecars(
+            self.root,
+            self.settings.output_suffix,
+            embedder.model,
+            normalize=embedder.engine.normalize,
+        )
+        queue = WorkQueue(self.capacity)
+        worker = self.worker = Worker(
+            queue,
+            SettlePolicy(self.settings.settle_seconds),
+            embedder,
+            sidecars,
+            batch_size=self.settings.batch_size,
+        )
+        scanner = Scanner(
+            queue, sidecars, recursive=self.recursive, cancelled=self._stopping.is_set
+        )
+        overflow = _OverflowSignal(self._events_lost)
+        logging.getLogger(INOTIFY_LOGGER).addHandler(overflow)
+        observer = None
+        worker.start()
+        try:
+            if not once:
+                handler = EnqueueHandler(queue, sidecars.suffix, self.request_scan)
+                observer = start_observer(
+                    self.root,
+                    handler,
+                    recursive=self.recursive,
+                    polling=self.settings.polling,
+                    native=self.native_observer,
+                )
+            log.info("watching %s (%s)", self.root, "once" if once else type(observer).__name__)
+            backlog = Backlog.for_stderr(self.root, sidecars.suffix, recursive=self.recursive)
+            worker.on_done = scanner.on_current = backlog.advance
+            _log_scan(scanner.scan(self.root), "initial scan")
+            if once:
+                self._wait_idle(worker)
+            else:
+                self._supervise(scanner, queue, worker, backlog)
+            backlog.close()
+        finally:
+            logging.getLogger(INOTIFY_LOGGER).removeHandler(overflow)
+            if observer is not None:
+                stop_observer(observer)
+            worker.stop()
+            worker.join()
+            self._summary(worker, queue, final=True)
+        return 0
+
+    def _wait_idle(self, worker: Worker) -> None:
+        while not self._stopping.is_set() and not worker.idle:
+            self._stopping.wait(0.05)
+
+    def _supervise(
+        self, scanner: Scanner, queue: WorkQueue, worker: Worker, backlog: Backlog
+    ) -> None:
+        rescan_every = self.settings.rescan_seconds
+        next_rescan = time.monotonic() + rescan_every
+        next_summary = time.monotonic() + self.summary_seconds
+        while not self._stopping.is_set():
+            self._wake.wait(TICK_SECONDS)
+            self._wake.clear()
+            if worker.idle:
+                backlog.close()
+            for folder in self._pop_scan_requests():
+                if folder.is_dir() and scanner.sidecars.folder_inside_root(folder):
+                    _log_scan(scanner.scan(folder), f"new folder {folder}")
+            now = time.monotonic()
+            lost = queue.pop_overflowed() or self._lost_events.is_set()
+            if lost or (rescan_every > 0 and now >= next_rescan):
+                self._lost_events.clear()
+                if lost:
+                    log.warning("events were lost (queue overflow); rescanning %s", self.root)
+                _log_scan(scanner.scan(self.root), "rescan")
+                next_rescan = time.monotonic() + rescan_every
+            if now >= next_summary:
+                self._summary(worker, queue)
+                next_summary = now + self.summary_seconds
+
+    def _pop_scan_requests(self) -> list[Path]:
+        with self._scan_lock:
+            folders, self._scan_requests = self._scan_requests, []
+        return folders
+
+    def _summary(self, worker: Worker, queue: WorkQueue, *, final: bool = False) -> None:
+        stats = worker.stats
+        elapsed = max(time.monotonic() - stats.started, 1e-9)
+        log.info(
+            "%s: %d embedded, %d errors, %d up to date, %d sidecars removed; "
+            "%.2f images/s, queue depth %d",
+            "stopped" if final else "summary",
+            stats.embedded,
+            stats.errors,
+            stats.skipped,
+            stats.removed,
+            (stats.embedded + stats.errors) / elapsed,
+            len(queue),
+        )
+
+
+def _log_scan(report: ScanReport, what: str) -> None:
+    log.info(
+        "%s: %d images, %d queued, %d up to date, %d orphaned sidecars removed",
+        what,
+        report.images,
+        report.queued,
+        report.current,
+        report.orphans_removed,
+    )
+
+
+class Backlog:
+    """The progress line for the initial backlog (only when stderr is a terminal).
+
+    Advanced by the scanner (images already up to date) and the worker (images
+    done), so it has a lock; closed once the worker is first idle.
+    """
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_stderr(cls, root: Path, suffix: str, *, recursive: bool) -> Backlog:
+        if not sys.stderr.isatty():
+            return cls(None)
+        return cls(Progress(count_images(root, suffix, recursive=recursive)))
+
+    def advance(self) -> None:
+        with self._lock:
+            if self._progress is not None and self._progress.done < self._progress.total:
+                self._progress.advance()
+
+    def close(self) -> None:
+        with self._lock:
+            progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGINT/SIGTERM call ``stop`` (a second one interrupts at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.info("%s: finishing the current batch, then exiting", signal.Signals(signum).name)
+        stop()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _log_per_image() -> None:
+    """The watcher logs one line per image at INFO even without ``-v``."""
+    logger = logging.getLogger("watcher")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
+def run_watch(settings: Settings, directory: Path, *, once: bool) -> int:
+    """Entry point of ``dinoembed watch DIR [--once]``: 0 after a clean stop."""
+    _log_per_image()
+    daemon = WatchDaemon(settings, directory)
+    with _stop_on_signals(daemon.stop):
+        return daemon.run(once=once)

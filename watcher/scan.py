@@ -1,0 +1,107 @@
+"""Walking the tree: the initial scan, rescans, and reconciling sidecars.
+
+A scan queues every image whose sidecar is not current (checked here, on the
+scanning thread, so an up-to-date tree costs no embedding work) and removes
+sidecars whose image is gone (deleted or renamed while the daemon was not
+running). Symlinked folders are not followed; symlinked files that resolve
+outside the root are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dinoembed.local import looks_like_image
+from dinoembed.results import is_sidecar
+from watcher.queue import Touch, WorkQueue
+from watcher.sidecars import Sidecars, State
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ScanReport:
+    images: int = 0
+    queued: int = 0
+    current: int = 0
+    orphans_removed: int = 0
+
+
+def walk_files(folder: Path, *, recursive: bool) -> Iterator[Path]:
+    """Files under ``folder`` in sorted order, never descending into symlinked folders."""
+    if not recursive:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            log.warning("cannot list %s: %s", folder, err.strerror or err)
+            return
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                yield Path(entry.path)
+        return
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_walk_error):
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath, name)
+
+
+def _walk_error(err: OSError) -> None:
+    log.warning("cannot list %s: %s", err.filename, err.strerror or err)
+
+
+def count_images(folder: Path, suffix: str, *, recursive: bool) -> int:
+    return sum(1 for p in walk_files(folder, recursive=recursive) if looks_like_image(p, suffix))
+
+
+class Scanner:
+    """Finds work under a folder and puts it into the queue (blocking when it is full)."""
+
+    def __init__(
+        self,
+        queue: WorkQueue,
+        sidecars: Sidecars,
+        *,
+        recursive: bool,
+        cancelled: Callable[[], bool],
+    ) -> None:
+        self.queue = queue
+        self.sidecars = sidecars
+        self.recursive = recursive
+        self.cancelled = cancelled
+        self.on_current: Callable[[], None] = lambda: None
+
+    def scan(self, folder: Path, touch: Touch = Touch.SCAN) -> ScanReport:
+        report = ScanReport()
+        suffix = self.sidecars.suffix
+        for path in walk_files(folder, recursive=self.recursive):
+            if self.cancelled():
+                break
+            try:
+                if looks_like_image(path, suffix):
+                    self._image(path, touch, report)
+                elif is_sidecar(path.name, suffix):
+                    image = path.with_name(path.name[: -len(suffix)])
+                    report.orphans_removed += self.sidecars.remove_orphan(image)
+            except OSError as err:
+                log.warning("%s: skipped during scan: %s", path, err.strerror or err)
+        return report
+
+    def _image(self, path: Path, touch: Touch, report: ScanReport) -> None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return  # vanished (or a dangling symlink)
+        if not self.sidecars.inside_root(path):
+            log.info("%s: skipped, it resolves outside %s", path, self.sidecars.root)
+            return
+        report.images += 1
+        if self.sidecars.state(path, st) is State.CURRENT:
+            report.current += 1
+            self.on_current()
+            return
+        if self.queue.put(path, touch, block=True, cancelled=self.cancelled):
+            report.queued += 1

@@ -1,0 +1,207 @@
+"""The worker thread: takes ready paths from the queue and streams them through
+the core's :class:`~dinoembed.pipeline.Embedder`, writing one sidecar per image.
+
+While paths keep becoming ready, they are fed into one ``Embedder.embed`` call,
+so decoding overlaps inference and batches stay full; the call ends when the
+queue has nothing ready. On stop, the batch already taken is finished and its
+sidecars written; everything else stays for the next start (the scan finds it).
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinoembed.errors import SourceGoneError, TransientError
+from dinoembed.local import local_item
+from dinoembed.pipeline import Embedder, ImageItem, Outcome
+from dinoembed.results import SourceInfo
+from watcher.queue import Pending, Touch, WorkQueue
+from watcher.settle import SettlePolicy
+from watcher.sidecars import Sidecars, State
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_SECONDS = 0.5
+ERROR_BACKOFF_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters since start (written by the worker thread only)."""
+
+    embedded: int = 0
+    errors: int = 0
+    skipped: int = 0
+    removed: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker(threading.Thread):
+    def __init__(
+        self,
+        queue: WorkQueue,
+        policy: SettlePolicy,
+        embedder: Embedder,
+        sidecars: Sidecars,
+        *,
+        batch_size: int,
+    ) -> None:
+        super().__init__(name="dinoembed-watch-worker", daemon=True)
+        self.queue = queue
+        self.policy = policy
+        self.embedder = embedder
+        self.sidecars = sidecars
+        self.batch_size = batch_size
+        self.stats = Stats()
+        self.on_done: Callable[[], None] = _nothing  # progress of the initial backlog
+        self.busy = False
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Finish what was taken from the queue, then end."""
+        self._stopping.set()
+        self.queue.wake()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in hand."""
+        return not self.busy and len(self.queue) == 0
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if not self._drain():
+                    self.queue.wait(self.queue.next_check_in(IDLE_WAIT_SECONDS))
+            except Exception:
+                self.busy = False
+                log.exception("worker error; carrying on (a later scan retries what was lost)")
+                self._stopping.wait(ERROR_BACKOFF_SECONDS)
+
+    def _take(self) -> list[Pending]:
+        return self.queue.take_ready(self.batch_size, self.policy.check)
+
+    def _drain(self) -> bool:
+        """Embed everything that is ready now. False when nothing was."""
+        self.busy = True
+        try:
+            first = self._take()
+            if not first:
+                return False
+            for outcome in self.embedder.embed(self._items(first)):
+                self._finish(outcome)
+            return True
+        finally:
+            self.busy = False
+
+    def _items(self, batch: list[Pending]) -> Iterator[ImageItem]:
+        while batch:
+            for entry in batch:
+                item = self._prepare(entry)
+                if item is not None:
+                    yield item
+            if self._stopping.is_set():
+                return
+            batch = self._take()
+
+    def _prepare(self, entry: Pending) -> ImageItem | None:
+        """Sidecar housekeeping for one ready path; an item when it needs embedding."""
+        try:
+            return self._prepare_path(entry)
+        except Exception:
+            log.exception("%s: skipped after an unexpected error", entry.path)
+            return None
+
+    def _prepare_path(self, entry: Pending) -> ImageItem | None:
+        path = entry.path
+        if entry.moved_from is not None:
+            self.sidecars.move(entry.moved_from, path)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self.stats.removed += self.sidecars.remove_orphan(path)
+            return None
+        except OSError:
+            return watched_item(path)  # unreadable: the core writes an error result
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if not self.sidecars.inside_root(path):
+            log.info("%s: skipped, it resolves outside %s", path, self.sidecars.root)
+            return None
+        state = self.sidecars.state(path, st)
+        if state is State.RENAMED:
+            self.sidecars.rename(path)
+        if state is not State.NEEDED:
+            self.stats.skipped += 1
+            self._advance()
+            return None
+        return watched_item(path)
+
+    def _finish(self, outcome: Outcome) -> None:
+        path = Path(outcome.item.file_path)
+        if isinstance(outcome.failure, SourceGoneError):
+            log.debug("%s: gone before it was read", path)
+            return
+        if isinstance(outcome.failure, TransientError):
+            log.warning("%s: %s (retried at the next rescan)", path, outcome.failure)
+            return
+        result = outcome.result
+        if result is None:
+            result = self.embedder.error_result(outcome.item, str(outcome.failure))
+        if not _unchanged(path, outcome.item.source):
+            # Written to while we read it: its final content comes round again.
+            if path.exists():
+                self.queue.put(path, Touch.CHANGED)
+            return
+        try:
+            self.sidecars.write(result, path)
+        except OSError as err:
+            log.error("%s: cannot write sidecar: %s", path, err.strerror or err)
+            return
+        ms = outcome.seconds * 1000
+        if result.ok:
+            self.stats.embedded += 1
+            log.info("%s success %.0f ms", path, ms)
+        else:
+            self.stats.errors += 1
+            log.warning("%s error %.0f ms: %s", path, ms, result.error)
+        self._advance()
+
+    def _advance(self) -> None:
+        self.on_done()
+
+
+def _nothing() -> None:
+    pass
+
+
+def watched_item(path: Path) -> ImageItem:
+    """The core's local item, except a file that vanished is a SourceGoneError
+    (skipped quietly) rather than a "file not found" error result."""
+    base = local_item(path)
+    absolute = Path(base.file_path)
+
+    def load() -> Path:
+        if not absolute.exists():
+            raise SourceGoneError(f"{absolute}: vanished before it was read")
+        return absolute
+
+    return ImageItem(file_path=base.file_path, load=load, source=base.source)
+
+
+def _unchanged(path: Path, source: SourceInfo) -> bool:
+    """Still the file that was read (False when it is gone)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return source.size is None
+    if source.size is None:
+        return True
+    return st.st_size == source.size and st.st_mtime == source.mtime
