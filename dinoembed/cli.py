@@ -189,7 +189,7 @@ def _model_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _describe(path: Path, settings: Settings) -> dict[str, Any]:
-    from dinoembed.engine import create_session, inspect_session
+    from dinoembed.engine import create_session, inspect_session, is_standin
 
     session = create_session(path, settings.threads)
     spec = inspect_session(session)
@@ -203,6 +203,7 @@ def _describe(path: Path, settings: Settings) -> dict[str, Any]:
         "input_size": spec.input_size,
         "dim": spec.dim,
         "batch": spec.batch_mode,
+        "standin": is_standin(session),
     }
 
 

@@ -152,6 +152,14 @@ def _first_token(spec: ModelSpec, out: Any) -> Tensor:
     return arr
 
 
+def is_standin(session: Session) -> bool:
+    """True for models written by ``dinoembed model standin`` (marked in their metadata)."""
+    meta = getattr(session, "get_modelmeta", None)
+    if meta is None:
+        return False
+    return "dinoembed.standin" in (meta().custom_metadata_map or {})
+
+
 def l2_normalize(vectors: Tensor) -> Tensor:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, np.float32(1e-12))).astype(np.float32)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from dinoembed.engine import Engine, available_cpus, create_session
+from dinoembed.engine import Engine, available_cpus, create_session, is_standin
 from dinoembed.errors import DinoEmbedError, ImageError
 from dinoembed.imaging import DecodeLimits, DecodeTarget, decode
 from dinoembed.model_store import ModelSource, ModelStore
@@ -172,11 +172,18 @@ def build_embedder(settings: Settings, store: ModelStore | None = None) -> Embed
     store = store or ModelStore(settings.cache_dir)
     resolved = store.resolve(ModelSource.from_settings(settings))
     cpus = available_cpus()
-    engine = Engine(
-        create_session(resolved.path, settings.threads or cpus), normalize=settings.normalize
-    )
+    session = create_session(resolved.path, settings.threads or cpus)
+    engine = Engine(session, normalize=settings.normalize)
+    name = resolved.name
+    if is_standin(session):
+        log.warning(
+            "%s is a stand-in model with random weights: its embeddings are meaningless "
+            "(fine for tests and benchmarks only)",
+            resolved.path.name,
+        )
+        name = f"standin:{name}"
     model = ModelInfo(
-        name=resolved.name,
+        name=name,
         sha256=resolved.sha256,
         preprocess=settings.preprocess,
         input_size=engine.input_size,

@@ -22,6 +22,7 @@ from dinoembed.errors import ConfigError
 OPSET = 17
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "embedding"
+STANDIN_MARK = "dinoembed.standin"  # metadata key; results then name the model "standin:…"
 
 
 def _onnx() -> Any:
@@ -90,6 +91,7 @@ class _Graph:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = 8
         model.doc_string = "dinoembed stand-in model: random weights, NOT real DINOv2 embeddings"
+        self.onnx.helper.set_model_props(model, {STANDIN_MARK: "random weights"})
         self.onnx.checker.check_model(model)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.onnx.save(model, str(path))

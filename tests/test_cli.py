@@ -62,7 +62,7 @@ def test_embed_folder_prints_one_result_per_image_in_order(folder: Path, tiny_mo
     ]
     assert [r.status for r in got] == ["success", "success", "error", "success"]
     assert all(Path(r.file_path).is_absolute() for r in got)
-    assert got[0].model.name == "tiny" and got[0].model.preprocess == "center-crop"
+    assert got[0].model.name == "standin:tiny" and got[0].model.preprocess == "center-crop"
     assert got[0].source.size == (folder / "a-astronaut.jpg").stat().st_size
     assert "Traceback" not in proc.stderr
 
@@ -137,6 +137,7 @@ def test_model_standin_and_info(tmp_path: Path) -> None:
     assert json.loads(made.stdout)["standin"] is True
     info: dict[str, Any] = json.loads(run_cli("model", "info", "--model", str(out)).stdout)
     assert info["dim"] == 384 and info["input_size"] == 224 and info["batch"] == "dynamic"
+    assert info["standin"] is True
     assert info["inputs"][0]["shape"][1:] == [3, 224, 224]
     # the exact ViT-S/14 size: ~22M float32 parameters
     import onnx
