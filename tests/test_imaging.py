@@ -192,3 +192,25 @@ def test_pixel_limit_is_configurable(photos: dict[str, Image.Image]) -> None:
 def test_corrupt_exif_is_ignored(photos: dict[str, Image.Image]) -> None:
     img = decode(_corrupt_exif_jpeg(photos["coffee"]), LIMITS)
     assert img.size == photos["coffee"].size
+
+
+def test_heic_without_pillow_heif_is_an_unsupported_format() -> None:
+    try:
+        import pillow_heif  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("pillow-heif is installed: HEIC is supported")
+    heic_header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    with pytest.raises(UnsupportedFormatError, match=r"unsupported format: HEIC/HEIF \(install"):
+        decode(heic_header, LIMITS)
+
+
+def test_avif_decodes_when_pillow_supports_it(photos: dict[str, Image.Image]) -> None:
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow has no AVIF support")
+    img = decode(encode(photos["coffee"], "AVIF", quality=90), LIMITS)
+    diff = np.abs(np.asarray(img, dtype=int) - np.asarray(photos["coffee"], dtype=int)).mean()
+    assert img.size == photos["coffee"].size and diff < 8
