@@ -60,6 +60,10 @@ class Runtime:
         return Processor(S3Objects(self.s3_client), self.embedder, self.settings.output_suffix)
 
 
+class RetryError(TransientError):
+    """Raised for non-SQS invocations so Lambda retries them (then the DLQ takes over)."""
+
+
 _runtime: Runtime | None = None
 
 
@@ -97,13 +101,13 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
 
 def _respond(invocation: Invocation, report: Report) -> dict[str, Any]:
     if invocation.kind == "sqs":
-        failed = _unique([*invocation.bad_messages, *(r.message_id for r in report.failed)])
+        failed = _unique([*invocation.bad_messages, *(r.message_id for r, _ in report.failed)])
         for message_id in invocation.bad_messages:
             log.warning("SQS message %s is not an S3 notification", message_id)
         return {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}
     if report.failed:
-        keys = ", ".join(ref.uri for ref in report.failed[:5])
-        raise TransientError(f"{len(report.failed)} object(s) must be retried: {keys}")
+        reasons = "; ".join(f"{ref.uri}: {why}" for ref, why in report.failed[:3])
+        raise RetryError(f"{len(report.failed)} object(s) must be retried: {reasons}")
     tally = report.tally
     return {
         "kind": invocation.kind,

@@ -47,7 +47,9 @@ class _Job:
 
 @dataclass
 class Report:
-    failed: list[ObjectRef] = field(default_factory=list)
+    """What happened: the objects to retry (with the reason) and the counts."""
+
+    failed: list[tuple[ObjectRef, str]] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
 
 
@@ -179,7 +181,7 @@ class Processor:
     @staticmethod
     def _fail(ref: ObjectRef, report: Report, reason: str) -> None:
         report.tally.failed += 1
-        report.failed.append(ref)
+        report.failed.append((ref, reason))
         _log_image(ref, "failed", 0.0, reason=reason, level=logging.WARNING)
 
 
