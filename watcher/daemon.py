@@ -90,6 +90,7 @@ class WatchDaemon:
         self._scan_lock = threading.Lock()
         self._scan_requests: list[Path] = []
         self.worker: Worker | None = None
+        self.ready = threading.Event()  # set once watching and the initial scan is queued
 
     def stop(self) -> None:
         self._stopping.set()
@@ -142,6 +143,7 @@ class WatchDaemon:
             backlog = Backlog.for_stderr(self.root, sidecars.suffix, recursive=self.recursive)
             worker.on_done = scanner.on_current = backlog.advance
             _log_scan(scanner.scan(self.root), "initial scan")
+            self.ready.set()
             if once:
                 self._wait_idle(worker)
             else:
