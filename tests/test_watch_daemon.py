@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -395,3 +396,24 @@ def test_copy_of_tree_elsewhere_has_sidecars_repointed(
         )
         assert daemon.worker is not None
         assert daemon.worker.stats.embedded == 0
+
+
+def test_daemon_stops_with_status_1_when_the_folder_is_removed(
+    root: Path, tiny_model: Path, embedder: Embedder
+) -> None:
+    from watcher.daemon import WatchDaemon
+
+    daemon = WatchDaemon(watch_settings(tiny_model), root, embedder=embedder)
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(daemon.run()), name="watch-daemon")
+    thread.start()
+    try:
+        assert wait_for(daemon.ready.is_set)
+        # WHEN the watched folder is deleted
+        root.rmdir()
+        # THEN the daemon stops on its own, with a failure status
+        thread.join(30)
+    finally:
+        daemon.stop()
+        thread.join(30)
+    assert codes == [1]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -129,3 +131,26 @@ def test_missing_folder_exits_2(tmp_path: Path, tiny_model: Path) -> None:
     )
     assert done.returncode == 2
     assert b"not a folder" in done.stderr
+
+
+def test_progress_line_on_a_terminal(tmp_path: Path, tiny_model: Path) -> None:
+    # GIVEN a backlog of 40 images and stderr attached to a terminal
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(40):
+        noise_png(folder / f"{i:02d}.png", seed=i)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        watch_command(folder, tiny_model, "--once"), stdout=subprocess.DEVNULL, stderr=slave
+    )
+    os.close(slave)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the process has closed its end
+        while chunk := os.read(master, 4096):
+            output += chunk
+    os.close(master)
+    # THEN a progress line counts up to the total, instead of one line per image
+    assert proc.wait(timeout=TIMEOUT) == 0
+    text = output.decode()
+    assert "\r40/40 images" in text
+    assert " success " not in text

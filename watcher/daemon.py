@@ -7,7 +7,8 @@ scans, waits for the backlog and exits. Otherwise the main thread supervises:
 it scans folders that appear, rescans every ``rescan_seconds`` and whenever
 events were lost (our queue or the kernel's inotify queue overflowed), and logs
 a summary line every minute. SIGINT/SIGTERM stop the daemon: the batch in
-progress is finished and its sidecars written, then it exits 0.
+progress is finished and its sidecars written, then it exits 0. If the watched
+folder itself disappears, it stops with exit status 1.
 
 Recursion: ``Settings.recursive`` defaults to False, which suits ``embed``;
 a watcher is recursive unless recursion was set explicitly (``--no-recursive``
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_SECONDS = 60.0
 TICK_SECONDS = 1.0
+EXIT_ROOT_GONE = 1
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 
 
@@ -90,6 +92,7 @@ class WatchDaemon:
         self._scan_lock = threading.Lock()
         self._scan_requests: list[Path] = []
         self.worker: Worker | None = None
+        self.exit_code = 0
         self.ready = threading.Event()  # set once watching and the initial scan is queued
 
     def stop(self) -> None:
@@ -142,6 +145,8 @@ class WatchDaemon:
             log.info("watching %s (%s)", self.root, "once" if once else type(observer).__name__)
             backlog = Backlog.for_stderr(self.root, sidecars.suffix, recursive=self.recursive)
             worker.on_done = scanner.on_current = backlog.advance
+            if backlog.shown:  # per-image lines would break the progress line
+                worker.success_level = logging.DEBUG
             _log_scan(scanner.scan(self.root), "initial scan")
             self.ready.set()
             if once:
@@ -149,6 +154,7 @@ class WatchDaemon:
             else:
                 self._supervise(scanner, queue, worker, backlog)
             backlog.close()
+            worker.success_level = logging.INFO
         finally:
             logging.getLogger(INOTIFY_LOGGER).removeHandler(overflow)
             if observer is not None:
@@ -156,7 +162,7 @@ class WatchDaemon:
             worker.stop()
             worker.join()
             self._summary(worker, queue, final=True)
-        return 0
+        return self.exit_code
 
     def _wait_idle(self, worker: Worker) -> None:
         while not self._stopping.is_set() and not worker.idle:
@@ -173,6 +179,11 @@ class WatchDaemon:
             self._wake.clear()
             if worker.idle:
                 backlog.close()
+                worker.success_level = logging.INFO
+            if not self.root.is_dir():
+                log.error("%s is gone; stopping", self.root)
+                self.exit_code = EXIT_ROOT_GONE
+                return
             for folder in self._pop_scan_requests():
                 if folder.is_dir() and scanner.sidecars.folder_inside_root(folder):
                     _log_scan(scanner.scan(folder), f"new folder {folder}")
@@ -236,6 +247,10 @@ class Backlog:
         if not sys.stderr.isatty():
             return cls(None)
         return cls(Progress(count_images(root, suffix, recursive=recursive)))
+
+    @property
+    def shown(self) -> bool:
+        return self._progress is not None and self._progress.enabled
 
     def advance(self) -> None:
         with self._lock:

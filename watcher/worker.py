@@ -60,6 +60,7 @@ class Worker(threading.Thread):
         self.batch_size = batch_size
         self.stats = Stats()
         self.on_done: Callable[[], None] = _nothing  # progress of the initial backlog
+        self.success_level = logging.INFO  # DEBUG while a progress line is on the terminal
         self.busy = False
         self._stopping = threading.Event()
 
@@ -166,7 +167,7 @@ class Worker(threading.Thread):
         ms = outcome.seconds * 1000
         if result.ok:
             self.stats.embedded += 1
-            log.info("%s success %.0f ms", path, ms)
+            log.log(self.success_level, "%s success %.0f ms", path, ms)
         else:
             self.stats.errors += 1
             log.warning("%s error %.0f ms: %s", path, ms, result.error)
