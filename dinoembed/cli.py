@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     standin.add_argument("out", type=Path, metavar="OUT")
     standin.add_argument("--tiny", action="store_true", help="a few-KB model for unit tests")
     standin.add_argument("--seed", type=int, help="random seed (default 0)")
+    quantize = model_sub.add_parser(
+        "quantize",
+        argument_default=argparse.SUPPRESS,
+        help="write a dynamically quantised int8 copy of a model (opt-in, faster)",
+    )
+    quantize.add_argument("source", type=Path, metavar="IN")
+    quantize.add_argument("out", type=Path, metavar="OUT")
     return parser
 
 
@@ -155,6 +162,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _model_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.model_command == "quantize":
+        return _quantize(args.source, args.out)
     if args.model_command == "standin":
         from dinoembed.standin import VIT_S14, VitConfig, build_tiny, build_vit
 
@@ -185,6 +194,25 @@ def _model_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.model_command == "info":
         report.update(_describe(resolved.path, settings))
     print(json.dumps(report))
+    return EXIT_OK
+
+
+def _quantize(source: Path, out: Path) -> int:
+    from dinoembed.quantize import quantize_model
+
+    report = quantize_model(source, out)
+    print(
+        json.dumps(
+            {
+                "path": str(report.output),
+                "source": str(report.source),
+                "bytes": report.output_bytes,
+                "source_bytes": report.source_bytes,
+                "dim": report.dim,
+                "note": "int8: check its agreement with the float32 model on your images",
+            }
+        )
+    )
     return EXIT_OK
 
 
