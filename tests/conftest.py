@@ -15,6 +15,8 @@ from dinoembed.pipeline import Embedder, build_embedder
 from dinoembed.settings import Settings
 from dinoembed.standin import build_tiny
 
+pytest_plugins = ["tests.reliability_plugin"]
+
 EVENTS_DIR = Path(__file__).parent / "events"
 
 
