@@ -1,0 +1,290 @@
+"""``dinoembed similar | dupes | backfill | export``: using the embeddings of a collection.
+
+A collection is a local folder (recursive unless ``--no-recursive``) or an
+``s3://bucket/prefix``; S3 support comes from ``handler/`` (boto3), imported only
+when an S3 location is named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dinoembed.collection import (
+    Collection,
+    CollectionCache,
+    FolderSource,
+    MixedModelsError,
+    SidecarSource,
+    load_collection,
+)
+from dinoembed.errors import ConfigError, ImageError
+from dinoembed.export import export
+from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.settings import Settings
+from dinoembed.similarity import Group, duplicate_groups, normalize_rows, top_k
+
+if TYPE_CHECKING:
+    from dinoembed.pipeline import ImageItem
+
+log = logging.getLogger(__name__)
+
+USE_COMMANDS = frozenset({"similar", "dupes", "backfill", "export"})
+DEFAULT_TOP_K = 10
+DEFAULT_THRESHOLD = 0.95
+
+OptionAdder = Callable[[argparse.ArgumentParser], None]
+
+
+def add_use_commands(sub: Any, embed_options: OptionAdder) -> None:
+    """Add the four subcommands to the CLI's subparsers (``embed_options``: model flags)."""
+    s = argparse.SUPPRESS
+    similar = sub.add_parser("similar", argument_default=s, help="most similar images")
+    similar.add_argument("query", metavar="QUERY", help="an image or a sidecar (path or s3://)")
+    similar.add_argument("--in", dest="collection", required=True, metavar="DIR_OR_S3")
+    similar.add_argument("--top-k", type=int, help=f"how many (default {DEFAULT_TOP_K})")
+    similar.add_argument("--min-score", type=float, help="leave out results below this cosine")
+    similar.add_argument("--json", action="store_true", help="one JSON document")
+    embed_options(similar)
+    dupes = sub.add_parser("dupes", argument_default=s, help="groups of near-duplicate images")
+    dupes.add_argument("collection", metavar="DIR_OR_S3")
+    dupes.add_argument("--threshold", type=float, help=f"cosine (default {DEFAULT_THRESHOLD})")
+    dupes.add_argument("--json", action="store_true", help="one JSON document")
+    backfill = sub.add_parser(
+        "backfill", argument_default=s, help="embed images that have no up-to-date sidecar"
+    )
+    backfill.add_argument("collection", metavar="DIR_OR_S3")
+    backfill.add_argument(
+        "--queue-url", help="S3 only: send notifications to the function's SQS queue instead"
+    )
+    embed_options(backfill)
+    exp = sub.add_parser("export", argument_default=s, help="write the vectors for a vector DB")
+    exp.add_argument("collection", metavar="DIR_OR_S3")
+    exp.add_argument("--format", dest="export_format", choices=["npy", "parquet"], required=True)
+    exp.add_argument("--out", type=Path, required=True, metavar="PATH")
+    for parser in (similar, dupes, backfill, exp):
+        parser.add_argument(
+            "--no-recursive", dest="recursive", action="store_false", help="top folder only"
+        )
+
+
+def run_use(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "similar":
+        return run_similar(
+            settings,
+            args.query,
+            args.collection,
+            top=getattr(args, "top_k", DEFAULT_TOP_K),
+            min_score=getattr(args, "min_score", None),
+            as_json=getattr(args, "json", False),
+        )
+    if args.command == "dupes":
+        threshold = getattr(args, "threshold", DEFAULT_THRESHOLD)
+        return run_dupes(settings, args.collection, threshold, getattr(args, "json", False))
+    if args.command == "backfill":
+        return run_backfill(settings, args.collection, getattr(args, "queue_url", None))
+    return run_export(settings, args.collection, args.export_format, args.out)
+
+
+def is_s3(location: str) -> bool:
+    return location.startswith("s3://")
+
+
+def recursive(settings: Settings) -> bool:
+    """Collections are recursive unless the user set ``recursive`` (as ``watch`` does)."""
+    return settings.recursive if "recursive" in settings.model_fields_set else True
+
+
+def open_source(location: str, settings: Settings) -> SidecarSource:
+    if is_s3(location):
+        from handler.collection_s3 import S3SidecarSource, parse_s3_uri
+        from handler.s3io import make_client
+
+        bucket, prefix = parse_s3_uri(location)
+        return S3SidecarSource(make_client(), bucket, prefix, settings.output_suffix)
+    root = Path(location)
+    if not root.is_dir():
+        raise ConfigError(f"{location}: not a folder or s3://bucket/prefix")
+    return FolderSource(root, settings.output_suffix, recursive=recursive(settings))
+
+
+def open_collection(location: str, settings: Settings) -> Collection:
+    """The collection at ``location``, refreshed against its cache in the cache dir."""
+    source = open_source(location, settings)
+    cache = CollectionCache.for_location(
+        settings.cache_dir, source.location, settings.output_suffix
+    )
+    collection, stats = load_collection(source, cache)
+    log.info(
+        "%s: %d sidecars (%d read, %d from cache, %d gone), %d embeddings, %d skipped",
+        source.location,
+        stats.listed,
+        stats.read,
+        stats.reused,
+        stats.removed,
+        len(collection),
+        stats.skipped,
+    )
+    collection.require_vectors()
+    if collection.model is not None and collection.model.name.startswith("standin:"):
+        log.warning("%s was embedded by a stand-in model: similarities are meaningless", location)
+    return collection
+
+
+def run_similar(
+    settings: Settings,
+    query: str,
+    location: str,
+    *,
+    top: int = DEFAULT_TOP_K,
+    min_score: float | None = None,
+    as_json: bool = False,
+) -> int:
+    collection = open_collection(location, settings)
+    vector, query_path = query_vector(query, collection, settings)
+    idx, scores = top_k(collection.matrix, vector, top + 1)
+    rows = collection.rows
+    hits = [
+        (rows[i], float(score))
+        for i, score in zip(idx.tolist(), scores.tolist(), strict=True)
+        if rows[i].path != query_path and (min_score is None or score >= min_score)
+    ][:top]
+    if as_json:
+        doc = {
+            "query": query_path,
+            "collection": collection.location,
+            "model": _model_json(collection.model),
+            "results": [{"path": e.path, "score": round(s, 6), "etag": e.etag} for e, s in hits],
+        }
+        print(json.dumps(doc))
+    else:
+        for entry, score in hits:
+            print(f"{score:.4f}  {entry.path}")
+    return 0
+
+
+def query_vector(query: str, collection: Collection, settings: Settings) -> tuple[Any, str]:
+    """The query's unit vector and the path it stands for (left out of its own results)."""
+    if query.endswith(settings.output_suffix):
+        result = EmbeddingResult.model_validate_json(_read(query, settings))
+        _same_model(collection.model, result.model, f"the query sidecar {query}", "re-embed it")
+    else:
+        if "preprocess" not in settings.model_fields_set and collection.model is not None:
+            settings = settings.model_copy(update={"preprocess": collection.model.preprocess})
+        from dinoembed.pipeline import build_embedder
+
+        embedder = build_embedder(settings)
+        hint = "use the collection's model (--model or DINOEMBED_MODEL_PATH)"
+        _same_model(collection.model, embedder.model, "the loaded model", hint)
+        outcome = embedder.embed_one(_query_item(query, settings))
+        result = outcome.result or embedder.error_result(outcome.item, str(outcome.failure))
+    if not result.ok or result.embedding is None:
+        raise ImageError(f"{query}: cannot be used as a query: {result.error}")
+    vector = normalize_rows(np.array([result.embedding.embedding], dtype=np.float32))[0]
+    return vector, result.file_path
+
+
+def _same_model(expected: ModelInfo | None, got: ModelInfo, what: str, hint: str) -> None:
+    if expected is None:
+        return
+    if (got.sha256, got.preprocess) != (expected.sha256, expected.preprocess):
+        raise MixedModelsError(
+            f"the collection was embedded by {expected.name} (sha256 {expected.sha256[:12]}…, "
+            f"{expected.preprocess}) but {what} is {got.name} (sha256 {got.sha256[:12]}…, "
+            f"{got.preprocess}): {hint}"
+        )
+
+
+def _read(location: str, settings: Settings) -> bytes:
+    if is_s3(location):
+        from handler.collection_s3 import parse_s3_uri
+        from handler.s3io import S3Objects, make_client
+
+        bucket, key = parse_s3_uri(location)
+        return S3Objects(make_client()).read(bucket, key, etag=None, version_id=None)
+    try:
+        return Path(location).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{location}: cannot read: {err.strerror or err}") from err
+
+
+def _query_item(query: str, settings: Settings) -> ImageItem:
+    from dinoembed.local import local_item
+    from dinoembed.pipeline import ImageItem
+
+    if is_s3(query):
+        return ImageItem(file_path=query, load=lambda: _read(query, settings))
+    if not Path(query).is_file():
+        raise ConfigError(f"{query}: no such image file")
+    return local_item(Path(query))
+
+
+def run_dupes(settings: Settings, location: str, threshold: float, as_json: bool) -> int:
+    if not -1.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold}: a cosine is between -1 and 1")
+    collection = open_collection(location, settings)
+    groups = duplicate_groups(collection.matrix, threshold)
+    rows = collection.rows
+    if as_json:
+        doc = {
+            "collection": collection.location,
+            "threshold": threshold,
+            "images": len(collection),
+            "groups": [_group_json(g, rows) for g in groups],
+        }
+        print(json.dumps(doc))
+        return 0
+    for number, group in enumerate(groups, 1):
+        print(
+            f"group {number}: {len(group.members)} images, "
+            f"cosine {group.min_score:.4f}-{group.max_score:.4f}"
+        )
+        for member in group.members:
+            print(f"  {rows[member].path}")
+    return 0
+
+
+def _group_json(group: Group, rows: list[Any]) -> dict[str, Any]:
+    return {
+        "size": len(group.members),
+        "min_score": round(group.min_score, 6),
+        "max_score": round(group.max_score, 6),
+        "paths": [rows[m].path for m in group.members],
+    }
+
+
+def _model_json(model: ModelInfo | None) -> dict[str, Any] | None:
+    return model.model_dump() if model else None
+
+
+def run_backfill(settings: Settings, location: str, queue_url: str | None) -> int:
+    if not is_s3(location):
+        if queue_url:
+            raise ConfigError("--queue-url is for s3:// locations (folders are embedded here)")
+        from watcher.daemon import run_watch
+
+        return run_watch(settings, Path(location), once=True)
+    from dinoembed.commands_backfill import backfill_s3
+
+    return backfill_s3(settings, location, queue_url)
+
+
+def run_export(settings: Settings, location: str, fmt: str, out: Path) -> int:
+    collection = open_collection(location, settings)
+    written = export(collection, "parquet" if fmt == "parquet" else "npy", out)
+    summary = {
+        "format": fmt,
+        "files": [str(p) for p in written],
+        "rows": len(collection),
+        "dim": int(collection.matrix.shape[1]),
+        "model": _model_json(collection.model),
+    }
+    sys.stdout.write(json.dumps(summary) + "\n")
+    return 0

@@ -1,0 +1,242 @@
+"""S3 prefixes for ``similar``, ``dupes``, ``export`` and ``backfill``.
+
+- :func:`list_objects`: every object under a prefix (``list_objects_v2`` pages of 1,000);
+- :class:`S3SidecarSource`: the sidecars under a prefix as a
+  :class:`~dinoembed.collection.SidecarSource` (stamp = the sidecar's own ETag),
+  read concurrently on a small thread pool;
+- backfill: the images without an up-to-date sidecar (same source ETag, same
+  model sha256 and preprocessing, as the Lambda handler decides), then either
+  embedded here in batches by the handler's own :class:`~handler.process.Processor`
+  (conditional writes included), or announced to the function's SQS queue as
+  S3-notification-shaped messages (``send_message_batch``, 10 per call).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from dinoembed.errors import ConfigError, SourceGoneError, TransientError
+from dinoembed.local import looks_like_image
+from dinoembed.pipeline import Embedder
+from dinoembed.progress import Progress
+from dinoembed.results import EmbeddingResult, is_sidecar, sidecar_name, utc_now
+from handler.events import ObjectRef
+from handler.observability import Tally
+from handler.process import Processor
+from handler.s3io import CLIENT_CONFIG, S3Objects, map_error
+
+log = logging.getLogger(f"dinoembed.{__name__}")
+
+READ_WORKERS = 16
+SQS_BATCH = 10  # the most send_message_batch accepts
+EMBED_CHUNK = 64  # objects handed to the processor at a time (progress granularity)
+BACKFILL_ID = "dinoembed-backfill"
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``."""
+    if not uri.startswith("s3://"):
+        raise ConfigError(f"{uri}: not an s3://bucket/prefix URI")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri}: no bucket name (expected s3://bucket/prefix)")
+    return bucket, prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    key: str
+    etag: str
+    size: int
+
+
+def list_objects(client: Any, bucket: str, prefix: str) -> Iterator[Listed]:
+    """Every object under ``prefix``, page after page."""
+    paginator = client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield Listed(obj["Key"], obj["ETag"], int(obj["Size"]))
+    except (ClientError, BotoCoreError, OSError) as err:
+        raise map_error(err, f"ListObjectsV2 s3://{bucket}/{prefix}") from err
+
+
+def read_objects(
+    client: Any, bucket: str, keys: Sequence[str], *, workers: int = READ_WORKERS
+) -> Iterator[tuple[str, bytes | None]]:
+    """``(key, bytes)`` for each key, in order, fetched concurrently; None for a vanished one."""
+    objects = S3Objects(client)
+
+    def get(key: str) -> tuple[str, bytes | None]:
+        try:
+            return key, objects.read(bucket, key, etag=None, version_id=None)
+        except SourceGoneError:
+            return key, None
+
+    if not keys:
+        return
+    with ThreadPoolExecutor(min(workers, len(keys)), thread_name_prefix="dinoembed-s3") as pool:
+        yield from pool.map(get, keys)
+
+
+class S3SidecarSource:
+    """The sidecars under ``s3://bucket/prefix``; names are keys, stamps their ETags."""
+
+    def __init__(
+        self, client: Any, bucket: str, prefix: str, suffix: str, *, workers: int = READ_WORKERS
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.suffix = suffix
+        self.workers = workers
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def listing(self) -> dict[str, str]:
+        return {
+            obj.key: obj.etag
+            for obj in list_objects(self.client, self.bucket, self.prefix)
+            if is_sidecar(obj.key, self.suffix)
+        }
+
+    def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        return read_objects(self.client, self.bucket, names, workers=self.workers)
+
+
+@dataclass
+class BackfillSummary:
+    """What a backfill found and did; printed as one JSON line."""
+
+    location: str
+    images: int = 0
+    current: int = 0
+    todo: int = 0
+    embedded: int = 0
+    errors: int = 0
+    skipped: int = 0
+    failed: int = 0
+    queued: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def stale_images(
+    client: Any, bucket: str, prefix: str, suffix: str, *, sha256: str, preprocess: str
+) -> tuple[list[ObjectRef], int]:
+    """Images under the prefix without a sidecar for this very object and model; and how
+    many images there are in all."""
+    listed = list(list_objects(client, bucket, prefix))
+    sidecars = {obj.key for obj in listed if is_sidecar(obj.key, suffix)}
+    images = [
+        obj
+        for obj in listed
+        if not is_sidecar(obj.key, suffix) and looks_like_image(Path(obj.key), suffix)
+    ]
+    to_check = [sidecar_name(obj.key, suffix) for obj in images]
+    to_check = [key for key in to_check if key in sidecars]
+    recorded: dict[str, tuple[str | None, str, str]] = {}
+    for key, data in read_objects(client, bucket, to_check):
+        try:
+            result = EmbeddingResult.model_validate_json(data or b"")
+        except ValueError:
+            continue
+        recorded[key] = (result.source.etag, result.model.sha256, result.model.preprocess)
+    todo = [
+        ObjectRef(bucket, obj.key, size=obj.size, etag=obj.etag)
+        for obj in images
+        if recorded.get(sidecar_name(obj.key, suffix)) != (obj.etag, sha256, preprocess)
+    ]
+    return todo, len(images)
+
+
+def embed_here(client: Any, refs: Sequence[ObjectRef], embedder: Embedder, suffix: str) -> Tally:
+    """Embed ``refs`` in this process and write their sidecars, as the function would."""
+    processor = Processor(S3Objects(client), lambda: embedder, suffix)
+    tally = Tally()
+    with Progress(len(refs)) as progress:
+        for start in range(0, len(refs), EMBED_CHUNK):
+            chunk = refs[start : start + EMBED_CHUNK]
+            report = processor.process(chunk)
+            tally.merge(report.tally)
+            progress.advance(len(chunk))
+    return tally
+
+
+def notification(ref: ObjectRef, region: str) -> dict[str, Any]:
+    """An S3 ``ObjectCreated`` notification for ``ref``, as S3 would send it (key encoded)."""
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": region,
+        "eventTime": utc_now(),
+        "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": BACKFILL_ID},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": BACKFILL_ID,
+            "bucket": {"name": ref.bucket, "arn": f"arn:aws:s3:::{ref.bucket}"},
+            "object": {
+                "key": quote_plus(ref.key, safe="/"),
+                "size": ref.size,
+                "eTag": (ref.etag or "").strip('"'),
+            },
+        },
+    }
+    return {"Records": [record]}
+
+
+def send_to_queue(sqs: Any, queue_url: str, refs: Sequence[ObjectRef], region: str) -> int:
+    """One message per object, 10 per ``send_message_batch``; returns how many were sent.
+
+    Entries SQS refuses are retried once; what still fails raises :class:`QueueError`
+    once everything else was sent.
+    """
+    sent = 0
+    refused: list[str] = []
+    for start in range(0, len(refs), SQS_BATCH):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps(notification(ref, region))}
+            for i, ref in enumerate(refs[start : start + SQS_BATCH])
+        ]
+        failed = _send_batch(sqs, queue_url, entries)
+        if failed:
+            failed = _send_batch(sqs, queue_url, [e for e in entries if e["Id"] in failed])
+        sent += len(entries) - len(failed)
+        refused.extend(refs[start + int(i)].key for i in failed)
+    if refused:
+        raise QueueError(f"SQS refused {len(refused)} message(s), e.g. for {refused[0]}")
+    return sent
+
+
+class QueueError(TransientError):
+    """Some messages could not be queued; running backfill again sends them."""
+
+
+def _send_batch(sqs: Any, queue_url: str, entries: list[dict[str, str]]) -> set[str]:
+    try:
+        resp = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+    except (ClientError, BotoCoreError, OSError) as err:
+        raise map_error(err, f"SendMessageBatch {queue_url}") from err
+    for failure in resp.get("Failed", []):
+        log.warning("SQS refused a message: %s %s", failure.get("Code"), failure.get("Message"))
+    return {str(f["Id"]) for f in resp.get("Failed", [])}
+
+
+def make_sqs_client() -> Any:
+    """A boto3 SQS client (endpoint and region from the standard AWS variables)."""
+    import boto3
+
+    return boto3.client("sqs", config=CLIENT_CONFIG)
