@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("source", type=Path, metavar="IN")
     quantize.add_argument("out", type=Path, metavar="OUT")
+    from dinoembed.commands_use import add_use_commands
+
+    add_use_commands(sub, _add_embed_options)
     return parser
 
 
@@ -158,6 +161,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from watcher.daemon import run_watch
 
         return run_watch(settings, args.directory, once=getattr(args, "once", False))
+    if args.command != "model":
+        from dinoembed.commands_use import run_use
+
+        return run_use(args, settings)
     return _model_command(args, settings)
 
 
