@@ -17,6 +17,7 @@ class Script:
     body: bytes
     steps: list[str] = field(default_factory=lambda: ["ok"])
     delay_per_chunk: float = 0.0
+    stall_seconds: float = 2.0
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -44,6 +45,11 @@ def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            if step == "stall":  # send a little, then go quiet for longer than the client waits
+                self.wfile.write(body[:1000])
+                self.wfile.flush()
+                time.sleep(script.stall_seconds)
+                return
             if step == "cut":  # promise the whole body, send half, hang up
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -14,16 +16,18 @@ from moto import mock_aws
 
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
 from dinoembed.fetchers import HttpFetcher, default_fetchers
-from dinoembed.model_store import ModelSource, ModelStore
+from dinoembed.model_store import HashingWriter, ModelSource, ModelStore
 from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, Settings
 from tests.model_server import Script, serve
+
+pytestmark = pytest.mark.reliability("model-fetch faults")
 
 BODY = os.urandom(300_000)
 SHA = hashlib.sha256(BODY).hexdigest()
 
 
-def _store(cache: Path, attempts: int = 3) -> ModelStore:
-    http = HttpFetcher(attempts=attempts, backoff=0.0, timeout=5.0)
+def _store(cache: Path, attempts: int = 3, timeout: float = 5.0) -> ModelStore:
+    http = HttpFetcher(attempts=attempts, backoff=0.0, timeout=timeout)
     return ModelStore(cache, fetchers={"http": http, "https": http})
 
 
@@ -130,8 +134,65 @@ def test_stale_partial_file_from_a_killed_process_is_removed(tmp_path: Path) -> 
     assert _leftovers(tmp_path) == [f"{SHA}.onnx", f"{SHA}.onnx.verified"]
 
 
-def test_two_processes_fetching_at_once_download_once(tmp_path: Path) -> None:
-    # GIVEN a slow server, so both processes are mid-resolve at the same time
+def test_stalled_body_times_out_and_is_retried(tmp_path: Path) -> None:
+    script = Script(BODY, steps=["stall", "ok"], stall_seconds=1.5)
+    with serve(script) as url:
+        resolved = _store(tmp_path, attempts=2, timeout=0.3).resolve(_source(url))
+    assert script.requests == 2 and resolved.path.read_bytes() == BODY
+
+
+def test_stalled_body_every_time_is_a_clean_transient_error(tmp_path: Path) -> None:
+    script = Script(BODY, steps=["stall"], stall_seconds=1.0)
+    with serve(script) as url, pytest.raises(ModelUnavailableError, match="timed out"):
+        _store(tmp_path, attempts=2, timeout=0.3).resolve(_source(url))
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 200 KiB tmpfs: the cache folder fills up halfway through the 300 KB model."""
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_disk_full_in_the_cache_is_a_clean_error_and_leaves_nothing(
+    tiny_disk: Path,
+) -> None:
+    with serve(Script(BODY)) as url, pytest.raises(ModelUnavailableError) as info:
+        _store(tiny_disk).resolve(_source(url))
+    assert "No space left on device" in str(info.value)
+    assert _leftovers(tiny_disk) == []
+
+
+def test_disk_full_simulated_where_tmpfs_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = HashingWriter.write
+
+    def write(self: HashingWriter, data: bytes, /) -> int:
+        if self.size + len(data) > 100_000:
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(HashingWriter, "write", write)
+    with serve(Script(BODY)) as url, pytest.raises(ModelUnavailableError, match="No space left"):
+        _store(tmp_path).resolve(_source(url))
+    assert _leftovers(tmp_path) == []
+
+
+def test_four_processes_cold_starting_at_once_download_once(tmp_path: Path) -> None:
+    # GIVEN a slow server, so all processes are mid-resolve at the same time
     script = Script(BODY, delay_per_chunk=0.2)
     env = os.environ | {"DINOEMBED_CACHE_DIR": str(tmp_path), "DINOEMBED_MODEL_SHA256": SHA}
     with serve(script) as url:
@@ -139,14 +200,14 @@ def test_two_processes_fetching_at_once_download_once(tmp_path: Path) -> None:
         cmd = [sys.executable, "-m", "dinoembed.cli", "model", "fetch"]
         procs = [
             subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for _ in range(2)
+            for _ in range(4)
         ]
         outputs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     # THEN the file was downloaded once, and both report the same verified path
     assert script.requests == 1
-    assert b'"origin": "download"' in outputs[0][0] + outputs[1][0]
-    assert b'"origin": "cache"' in outputs[0][0] + outputs[1][0]
+    origins = sorted(json.loads(out)["origin"] for out, _ in outputs)
+    assert origins == ["cache", "cache", "cache", "download"]
 
 
 def test_explicit_path_is_used_as_is_and_checked_only_when_asked(tmp_path: Path) -> None:
