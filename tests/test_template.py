@@ -261,3 +261,17 @@ def test_outputs_name_the_bucket_and_the_queue(template: dict[str, Any]) -> None
     assert outputs["BucketName"]["Value"] == {"Ref": "ImagesBucket"}
     assert outputs["QueueName"]["Value"] == {"Fn::GetAtt": ["ImageEventsQueue", "QueueName"]}
     assert "DeadLetterQueueName" in outputs
+
+
+def test_container_image_bakes_the_pinned_model_and_the_same_handler(
+    resources: dict[str, Any],
+) -> None:
+    # infra/Dockerfile cannot be built here (no Docker engine): check what it pins instead.
+    dockerfile = (ROOT / "infra" / "Dockerfile").read_text()
+    assert f"ARG MODEL_URL={DEFAULT_MODEL_URL}\n" in dockerfile
+    assert f"ARG MODEL_SHA256={DEFAULT_MODEL_SHA256}\n" in dockerfile
+    assert "sha256sum -c -" in dockerfile
+    handler = resources["EmbedFunction"]["Properties"]["Handler"]
+    assert dockerfile.rstrip().endswith(f'CMD ["{handler}"]')
+    ignore = (ROOT / "infra" / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore and "!handler/**" in ignore and "!dinoembed/**" in ignore
