@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -266,7 +267,7 @@ class Backlog:
 
 @contextlib.contextmanager
 def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM call ``stop`` (a second one interrupts at once)."""
+    """SIGINT/SIGTERM call ``stop``; a second one exits at once (status 128 + signal)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -274,7 +275,11 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if received:
-            raise KeyboardInterrupt
+            # Leave now, without unwinding under a running inference (sidecars are
+            # written atomically, so none is left half-written).
+            log.warning("second signal: exiting without finishing the batch")
+            sys.stderr.flush()
+            os._exit(128 + signum)
         received.append(signum)
         log.info("%s: finishing the current batch, then exiting", signal.Signals(signum).name)
         stop()
