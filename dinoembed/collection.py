@@ -208,7 +208,7 @@ def load_collection(
         if data is not None:
             _parse(name, listing[name], data, guard, fresh)
     collection = _assemble(source.location, guard.model, kept, old, fresh)
-    removed = len(old.entries) - len(kept) if old else 0
+    removed = sum(1 for e in old.entries if e.sidecar not in listing) if old else 0
     stats = RefreshStats(
         listed=len(listing),
         read=len(to_read),
