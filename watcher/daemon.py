@@ -25,8 +25,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+
+from watchdog.observers.api import BaseObserver
 
 from dinoembed.errors import ConfigError
 from dinoembed.pipeline import Embedder, build_embedder
@@ -63,6 +66,14 @@ class _OverflowSignal(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if "queue overflowed" in record.getMessage():
             self.on_overflow()
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    queue: WorkQueue
+    sidecars: Sidecars
+    worker: Worker
+    scanner: Scanner
 
 
 class WatchDaemon:
@@ -111,7 +122,27 @@ class WatchDaemon:
         self._wake.set()
 
     def run(self, *, once: bool = False) -> int:
-        embedder = self._embedder or build_embedder(self.settings)
+        """Watch until :meth:`stop` (or, with ``once``, until the backlog is done)."""
+        parts = self._assemble(self._embedder or build_embedder(self.settings))
+        overflow = _OverflowSignal(self._events_lost)
+        logging.getLogger(INOTIFY_LOGGER).addHandler(overflow)
+        observer = None
+        parts.worker.start()
+        try:
+            if not once:
+                observer = self._observe(parts)
+            log.info("watching %s (%s)", self.root, "once" if once else type(observer).__name__)
+            self._work(parts, once=once)
+        finally:
+            logging.getLogger(INOTIFY_LOGGER).removeHandler(overflow)
+            if observer is not None:
+                stop_observer(observer)
+            parts.worker.stop()
+            parts.worker.join()
+            self._summary(parts.worker, parts.queue, final=True)
+        return self.exit_code
+
+    def _assemble(self, embedder: Embedder) -> _Parts:
         sidecars = Sidecars(
             self.root,
             self.settings.output_suffix,
@@ -129,49 +160,38 @@ class WatchDaemon:
         scanner = Scanner(
             queue, sidecars, recursive=self.recursive, cancelled=self._stopping.is_set
         )
-        overflow = _OverflowSignal(self._events_lost)
-        logging.getLogger(INOTIFY_LOGGER).addHandler(overflow)
-        observer = None
-        worker.start()
-        try:
-            if not once:
-                handler = EnqueueHandler(queue, sidecars.suffix, self.request_scan)
-                observer = start_observer(
-                    self.root,
-                    handler,
-                    recursive=self.recursive,
-                    polling=self.settings.polling,
-                    native=self.native_observer,
-                )
-            log.info("watching %s (%s)", self.root, "once" if once else type(observer).__name__)
-            backlog = Backlog.for_stderr(self.root, sidecars.suffix, recursive=self.recursive)
-            worker.on_done = scanner.on_current = backlog.advance
-            if backlog.shown:  # per-image lines would break the progress line
-                worker.success_level = logging.DEBUG
-            _log_scan(scanner.scan(self.root), "initial scan")
-            self.ready.set()
-            if once:
-                self._wait_idle(worker)
-            else:
-                self._supervise(scanner, queue, worker, backlog)
-            backlog.close()
-            worker.success_level = logging.INFO
-        finally:
-            logging.getLogger(INOTIFY_LOGGER).removeHandler(overflow)
-            if observer is not None:
-                stop_observer(observer)
-            worker.stop()
-            worker.join()
-            self._summary(worker, queue, final=True)
-        return self.exit_code
+        return _Parts(queue, sidecars, worker, scanner)
+
+    def _observe(self, parts: _Parts) -> BaseObserver:
+        handler = EnqueueHandler(parts.queue, parts.sidecars.suffix, self.request_scan)
+        return start_observer(
+            self.root,
+            handler,
+            recursive=self.recursive,
+            polling=self.settings.polling,
+            native=self.native_observer,
+        )
+
+    def _work(self, parts: _Parts, *, once: bool) -> None:
+        """The initial scan (with a progress line on a terminal), then supervision."""
+        backlog = Backlog.for_stderr(self.root, parts.sidecars.suffix, recursive=self.recursive)
+        parts.worker.on_done = parts.scanner.on_current = backlog.advance
+        if backlog.shown:  # per-image lines would break the progress line
+            parts.worker.success_level = logging.DEBUG
+        _log_scan(parts.scanner.scan(self.root), "initial scan")
+        self.ready.set()
+        if once:
+            self._wait_idle(parts.worker)
+        else:
+            self._supervise(parts, backlog)
+        backlog.close()
 
     def _wait_idle(self, worker: Worker) -> None:
         while not self._stopping.is_set() and not worker.idle:
             self._stopping.wait(0.05)
 
-    def _supervise(
-        self, scanner: Scanner, queue: WorkQueue, worker: Worker, backlog: Backlog
-    ) -> None:
+    def _supervise(self, parts: _Parts, backlog: Backlog) -> None:
+        scanner, queue, worker = parts.scanner, parts.queue, parts.worker
         rescan_every = self.settings.rescan_seconds
         next_rescan = time.monotonic() + rescan_every
         next_summary = time.monotonic() + self.summary_seconds
@@ -187,7 +207,7 @@ class WatchDaemon:
                 return
             for folder in self._pop_scan_requests():
                 if folder.is_dir() and scanner.sidecars.folder_inside_root(folder):
-                    _log_scan(scanner.scan(folder), f"new folder {folder}")
+                    _log_scan(scanner.scan(folder), f"new folder {folder}", logging.DEBUG)
             now = time.monotonic()
             lost = queue.pop_overflowed() or self._lost_events.is_set()
             if lost or (rescan_every > 0 and now >= next_rescan):
@@ -221,8 +241,9 @@ class WatchDaemon:
         )
 
 
-def _log_scan(report: ScanReport, what: str) -> None:
-    log.info(
+def _log_scan(report: ScanReport, what: str, level: int = logging.INFO) -> None:
+    log.log(
+        level,
         "%s: %d images, %d queued, %d up to date, %d orphaned sidecars removed",
         what,
         report.images,
