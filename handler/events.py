@@ -140,11 +140,11 @@ def _from_s3_records(records: list[Any], message_id: str | None) -> tuple[list[O
             obj = s3["object"]
             refs.append(
                 ObjectRef(
-                    bucket=str(s3["bucket"]["name"]),
-                    key=unquote_plus(str(obj["key"])),
+                    bucket=_name(s3["bucket"]["name"], "bucket name"),
+                    key=unquote_plus(_name(obj["key"], "object key")),
                     size=_int_or_none(obj.get("size")),
                     etag=normalise_etag(obj.get("eTag")),
-                    version_id=obj.get("versionId") or None,
+                    version_id=_str_or_none(obj.get("versionId")),
                     message_id=message_id,
                 )
             )
@@ -167,14 +167,14 @@ def _from_eventbridge(
         detail = event["detail"]
         obj = detail["object"]
         ref = ObjectRef(
-            bucket=str(detail["bucket"]["name"]),
-            key=unquote_plus(str(obj["key"])),
+            bucket=_name(detail["bucket"]["name"], "bucket name"),
+            key=unquote_plus(_name(obj["key"], "object key")),
             size=_int_or_none(obj.get("size")),
             etag=normalise_etag(obj.get("etag") or obj.get("eTag")),
-            version_id=obj.get("version-id") or None,
+            version_id=_str_or_none(obj.get("version-id")),
             message_id=message_id,
         )
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise UnrecognisedEventError(f"malformed EventBridge S3 event: missing {err}") from err
     return [ref], 0
 
@@ -185,19 +185,35 @@ def _is_test_event(event: Mapping[str, Any]) -> bool:
 
 def normalise_etag(etag: Any) -> str | None:
     """ETags as S3's API returns them: in double quotes (events leave the quotes out)."""
-    if not etag:
+    if not etag or not isinstance(etag, str):
         return None
-    return '"' + str(etag).strip('"') + '"'
+    return '"' + etag.strip('"') + '"'
+
+
+def _name(value: Any, what: str) -> str:
+    """A bucket name or key must be a non-empty string; anything else is a malformed event."""
+    if not isinstance(value, str) or not value:
+        raise UnrecognisedEventError(f"malformed S3 event: the {what} is not a string")
+    return value
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    """A size: a non-negative integer, or None when the event's value is anything else."""
+    if isinstance(value, bool) or value is None:
         return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number >= 0 else None
 
 
 def _keys(obj: Any) -> str:
     if isinstance(obj, Mapping):
-        return "keys " + ", ".join(sorted(str(k) for k in obj)[:8])
+        names = sorted(" ".join(str(k).split())[:40] or repr(k) for k in obj)
+        return "keys " + ", ".join(names[:8])
     return type(obj).__name__
