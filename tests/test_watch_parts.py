@@ -56,6 +56,26 @@ def test_queue_keeps_each_path_once_and_merges_what_it_learns(tmp_path: Path) ->
     assert len(queue) == 0
 
 
+def test_waiting_paths_do_not_hold_up_ready_ones(tmp_path: Path) -> None:
+    queue = WorkQueue(capacity=10)
+    for name in ("busy.jpg", "done1.jpg", "done2.jpg", "done3.jpg"):
+        queue.put(tmp_path / name, Touch.CREATED)
+
+    def check(entry: Pending, now: float) -> Verdict:
+        if entry.path.name == "busy.jpg":
+            entry.next_check = now + 60
+            return Verdict.WAIT
+        return Verdict.READY
+
+    # WHEN the worker asks for two ready paths
+    first = queue.take_ready(2, check)
+    # THEN it gets the first two ready ones; the busy one stays, and is not re-checked early
+    assert [e.path.name for e in first] == ["done1.jpg", "done2.jpg"]
+    assert [e.path.name for e in queue.take_ready(5, ready)] == ["done3.jpg"]
+    assert len(queue) == 1
+    assert queue.next_check_in(1.0) == pytest.approx(1.0)
+
+
 def test_full_queue_drops_new_paths_and_reports_overflow_once(tmp_path: Path) -> None:
     queue = WorkQueue(capacity=2)
     assert queue.put(tmp_path / "1.jpg", Touch.CREATED)

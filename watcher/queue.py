@@ -116,14 +116,13 @@ class WorkQueue:
         taken: list[Pending] = []
         with self._cond:
             now = time.monotonic()
-            for entry in list(self._items.values()):
+            for entry in self._items.values():
                 if len(taken) >= limit:
                     break
-                if entry.next_check > now:
-                    continue
-                if check(entry, now) is Verdict.READY:
-                    del self._items[entry.path]
+                if entry.next_check <= now and check(entry, now) is Verdict.READY:
                     taken.append(entry)
+            for entry in taken:
+                del self._items[entry.path]
             if taken:
                 self._cond.notify_all()
         return taken
