@@ -417,3 +417,39 @@ def test_daemon_stops_with_status_1_when_the_folder_is_removed(
         daemon.stop()
         thread.join(30)
     assert codes == [1]
+
+
+def test_watched_folder_may_itself_be_a_symlink(
+    tmp_path: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+) -> None:
+    # GIVEN a symlink to the real folder, as with ~/Pictures -> /data/pictures
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with running(watch_settings(tiny_model), link, embedder):
+        # WHEN an image lands in the real folder
+        image = save_photo(photos["coffee"], real / "a.jpg")
+        # THEN it is seen through the link and embedded
+        assert wait_for(has_sidecar(image))
+
+
+def test_periodic_summary_line(
+    root: Path,
+    tiny_model: Path,
+    embedder: Embedder,
+    photos: dict[str, Image.Image],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="watcher")
+    with running(watch_settings(tiny_model), root, embedder, summary_seconds=0.5):
+        # WHEN an image is embedded and time passes
+        image = save_photo(photos["rocket"], root / "r.jpg")
+        assert wait_for(has_sidecar(image))
+
+        # THEN a summary line reports the totals, the rate and the queue depth
+        def summaries() -> list[str]:
+            return [m for r in caplog.records if (m := r.getMessage()).startswith("summary: ")]
+
+        assert wait_for(lambda: any(" 1 embedded, 0 errors" in m for m in summaries()))
+    assert all("images/s, queue depth " in m for m in summaries())

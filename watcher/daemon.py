@@ -93,6 +93,9 @@ class WatchDaemon:
             raise ConfigError(f"{directory}: not a folder (dinoembed watch needs a directory)")
         self.settings = settings
         self.root = directory.absolute()
+        if self.root.is_symlink():
+            # inotify would watch the link itself (watchdog does not follow it): watch its target.
+            self.root = self.root.resolve()
         self.recursive = watch_recursive(settings)
         self.capacity = capacity
         self.summary_seconds = summary_seconds
@@ -105,6 +108,7 @@ class WatchDaemon:
         self._scan_requests: list[Path] = []
         self.worker: Worker | None = None
         self.exit_code = 0
+        self._last_summary = (time.monotonic(), 0)  # (when, images done) at the last summary
         self.ready = threading.Event()  # set once watching and the initial scan is queued
 
     def stop(self) -> None:
@@ -226,8 +230,11 @@ class WatchDaemon:
         return folders
 
     def _summary(self, worker: Worker, queue: WorkQueue, *, final: bool = False) -> None:
-        stats = worker.stats
-        elapsed = max(time.monotonic() - stats.started, 1e-9)
+        """Totals since start; the rate over the last interval (over the whole run when final)."""
+        stats, now = worker.stats, time.monotonic()
+        done = stats.embedded + stats.errors
+        since, done_before = (stats.started, 0) if final else self._last_summary
+        self._last_summary = (now, done)
         log.info(
             "%s: %d embedded, %d errors, %d up to date, %d sidecars removed; "
             "%.2f images/s, queue depth %d",
@@ -236,7 +243,7 @@ class WatchDaemon:
             stats.errors,
             stats.skipped,
             stats.removed,
-            (stats.embedded + stats.errors) / elapsed,
+            (done - done_before) / max(now - since, 1e-9),
             len(queue),
         )
 
