@@ -12,16 +12,19 @@ dot product is the cosine.
   plus that bound stays under the threshold cannot qualify and are dropped; the
   few survivors are scored on all dimensions. Nothing above the threshold is ever
   missed; a tile where the filter would keep too much is simply scored in full.
+  Tiles are shared out among threads, each with a single-threaded BLAS.
 - :func:`duplicate_groups`: connected components of those pairs (union-find).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from threadpoolctl import threadpool_limits
 
 Matrix = NDArray[np.float32]
 
@@ -32,6 +35,7 @@ MIN_DIM_FOR_FILTER = 4 * FILTER_RANK
 SLACK = 1e-3
 # When more than this share of a tile survives the filter, score the whole tile instead.
 DENSE_SHARE = 0.02
+BASIS_SAMPLE = 20_000
 
 
 def normalize_rows(matrix: NDArray[np.floating]) -> Matrix:
@@ -83,64 +87,135 @@ class Pairs:
 
 
 class _LowRank:
-    """The rows projected on their top principal directions, and the residual norms."""
+    """The rows projected on their top principal directions, and the residual norms.
 
-    def __init__(self, matrix: Matrix, rank: int) -> None:
-        second_moment = matrix.T.astype(np.float64) @ matrix.astype(np.float64)
-        _, vectors = np.linalg.eigh(second_moment)
+    The directions come from a sample of rows (they only decide how much the filter
+    prunes, never whether it is exact: any orthonormal basis gives a valid bound).
+    """
+
+    def __init__(self, matrix: Matrix, rank: int, sample: int = BASIS_SAMPLE) -> None:
+        rows = matrix
+        if matrix.shape[0] > sample:
+            pick = np.random.default_rng(0).choice(matrix.shape[0], sample, replace=False)
+            rows = matrix[np.sort(pick)]
+        _, vectors = np.linalg.eigh((rows.T @ rows).astype(np.float64))
         basis = np.ascontiguousarray(vectors[:, ::-1][:, :rank], dtype=np.float32)
         self.low: Matrix = np.ascontiguousarray(matrix @ basis)
         energy = np.einsum("ij,ij->i", matrix, matrix) - np.einsum("ij,ij->i", self.low, self.low)
         self.residual: Matrix = np.sqrt(np.clip(energy, 0.0, None)).astype(np.float32)
 
 
-def similar_pairs(matrix: Matrix, threshold: float, *, tile: int = TILE) -> Pairs:
-    """Every pair of rows ``i < j`` whose cosine is >= ``threshold`` (exact)."""
+def usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def similar_pairs(
+    matrix: Matrix, threshold: float, *, tile: int = TILE, workers: int | None = None
+) -> Pairs:
+    """Every pair of rows ``i < j`` whose cosine is >= ``threshold`` (exact), sorted.
+
+    Tiles are spread over ``workers`` threads (default: the usable CPUs), each
+    calling BLAS single-threaded: a multi-threaded BLAS on tiles this small spends
+    most of its time synchronising (3-4x the CPU time, measured).
+    """
     n, dim = matrix.shape
-    lefts: list[NDArray[np.int64]] = []
-    rights: list[NDArray[np.int64]] = []
-    scores: list[Matrix] = []
-    low = _LowRank(matrix, FILTER_RANK) if dim >= MIN_DIM_FOR_FILTER and n > tile else None
-    for i0, j0 in _upper_tiles(n, tile):
-        rows, cols = _tile_pairs(matrix, low, threshold, i0, j0, tile)
-        if rows.size:
-            lefts.append(rows)
-            rights.append(cols)
-            scores.append(np.einsum("ij,ij->i", matrix[rows], matrix[cols]))
-    if not lefts:
-        return Pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-    left, right, score = np.concatenate(lefts), np.concatenate(rights), np.concatenate(scores)
-    keep = score >= threshold
-    return Pairs(left[keep], right[keep], score[keep].astype(np.float32))
+    workers = workers or usable_cpus()
+    order: NDArray[np.int64] | None = None
+    low: _LowRank | None = None
+    with threadpool_limits(1):
+        if dim >= MIN_DIM_FOR_FILTER and n > tile:
+            low = _LowRank(matrix, FILTER_RANK)
+            # Rows sorted by residual norm make each tile's largest residual a tight bound.
+            order = np.argsort(-low.residual, kind="stable")
+            low.low, low.residual = low.low[order], low.residual[order]
+            matrix = matrix[order]
+        found = _pairs(matrix, low, threshold, tile, workers)
+    left, right = found.left, found.right
+    if order is not None:
+        left, right = order[left], order[right]
+        left, right = np.minimum(left, right), np.maximum(left, right)
+    by_pair = np.lexsort((right, left))
+    return Pairs(left[by_pair], right[by_pair], found.score[by_pair])
 
 
-def _upper_tiles(n: int, tile: int) -> Iterator[tuple[int, int]]:
-    for i0 in range(0, n, tile):
-        for j0 in range(i0, n, tile):
-            yield i0, j0
+def _pairs(
+    matrix: Matrix, low: _LowRank | None, threshold: float, tile: int, workers: int
+) -> Pairs:
+    starts = list(range(0, matrix.shape[0], tile))
+    workers = max(1, min(workers, len(starts)))
 
+    def work(first: int) -> list[Pairs]:
+        tiles = _Tiles(matrix, low, threshold, tile)
+        found: list[Pairs] = []
+        for i0 in starts[first::workers]:  # round-robin: the triangle's rows shrink
+            for j0 in range(i0, matrix.shape[0], tile):
+                rows, cols = tiles.candidates(i0, j0)
+                if rows.size:
+                    score = np.einsum("ij,ij->i", matrix[rows], matrix[cols])
+                    keep = score >= threshold
+                    found.append(Pairs(rows[keep], cols[keep], score[keep]))
+        return found
 
-def _tile_pairs(
-    matrix: Matrix, low: _LowRank | None, threshold: float, i0: int, j0: int, tile: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Candidate pairs ``(i, j)``, ``i < j``, of one tile: a superset of those that qualify."""
-    i1, j1 = min(i0 + tile, matrix.shape[0]), min(j0 + tile, matrix.shape[0])
-    if low is None:
-        scores = matrix[i0:i1] @ matrix[j0:j1].T
-        mask = scores >= threshold - SLACK
+    if workers == 1:
+        parts = work(0)
     else:
-        bound = low.residual[i0:i1, None] * low.residual[None, j0:j1].max()
-        scores = low.low[i0:i1] @ low.low[j0:j1].T
-        mask = scores >= (threshold - SLACK) - bound
-        survivors = np.count_nonzero(mask)
-        if not survivors:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        if survivors > DENSE_SHARE * mask.size:
-            mask = (matrix[i0:i1] @ matrix[j0:j1].T) >= threshold - SLACK
-    if i0 == j0:
-        mask = np.triu(mask, k=1)
-    rows, cols = np.nonzero(mask)
-    return rows.astype(np.int64) + i0, cols.astype(np.int64) + j0
+        with ThreadPoolExecutor(workers, thread_name_prefix="dinoembed-dupes") as pool:
+            parts = [p for chunk in pool.map(work, range(workers)) for p in chunk]
+    if not parts:
+        return Pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+    return Pairs(
+        np.concatenate([p.left for p in parts]),
+        np.concatenate([p.right for p in parts]),
+        np.concatenate([p.score for p in parts]).astype(np.float32),
+    )
+
+
+class _Tiles:
+    """Scores one tile at a time into reused buffers (column-major copies feed BLAS fast)."""
+
+    def __init__(self, matrix: Matrix, low: _LowRank | None, threshold: float, tile: int) -> None:
+        self.n = matrix.shape[0]
+        self.tile = tile
+        self.matrix = matrix
+        self.columns = np.ascontiguousarray(matrix.T)
+        self.low = low
+        self.low_columns = np.ascontiguousarray(low.low.T) if low is not None else None
+        self.cut = threshold - SLACK
+        side = min(tile, self.n)
+        self.scores: Matrix = np.empty((side, side), np.float32)
+        self.mask = np.empty((side, side), bool)
+
+    def candidates(self, i0: int, j0: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Pairs ``(i, j)``, ``i < j``, of one tile: a superset of those that qualify."""
+        i1, j1 = min(i0 + self.tile, self.n), min(j0 + self.tile, self.n)
+        if self.low is None:
+            mask = self._full(i0, i1, j0, j1)
+        else:
+            mask = self._filtered(self.low, i0, i1, j0, j1)
+            survivors = np.count_nonzero(mask)
+            if not survivors:
+                return np.empty(0, np.int64), np.empty(0, np.int64)
+            if survivors > DENSE_SHARE * mask.size:
+                mask = self._full(i0, i1, j0, j1)
+        if i0 == j0:
+            mask = np.triu(mask, k=1)
+        rows, cols = np.nonzero(mask)
+        return rows.astype(np.int64) + i0, cols.astype(np.int64) + j0
+
+    def _full(self, i0: int, i1: int, j0: int, j1: int) -> NDArray[np.bool_]:
+        scores, mask = self.scores[: i1 - i0, : j1 - j0], self.mask[: i1 - i0, : j1 - j0]
+        np.matmul(self.matrix[i0:i1], self.columns[:, j0:j1], out=scores)
+        return np.greater_equal(scores, self.cut, out=mask)
+
+    def _filtered(self, low: _LowRank, i0: int, i1: int, j0: int, j1: int) -> NDArray[np.bool_]:
+        assert self.low_columns is not None
+        scores, mask = self.scores[: i1 - i0, : j1 - j0], self.mask[: i1 - i0, : j1 - j0]
+        np.matmul(low.low[i0:i1], self.low_columns[:, j0:j1], out=scores)
+        needed = self.cut - low.residual[i0:i1] * low.residual[j0:j1].max()
+        return np.greater_equal(scores, needed[:, None], out=mask)
 
 
 class UnionFind:
@@ -176,12 +251,14 @@ class Group:
     max_score: float
 
 
-def duplicate_groups(matrix: Matrix, threshold: float, *, tile: int = TILE) -> list[Group]:
+def duplicate_groups(
+    matrix: Matrix, threshold: float, *, tile: int = TILE, workers: int | None = None
+) -> list[Group]:
     """Connected components (size >= 2) of the graph of pairs with cosine >= ``threshold``.
 
     Largest groups first, then by their first row.
     """
-    pairs = similar_pairs(matrix, threshold, tile=tile)
+    pairs = similar_pairs(matrix, threshold, tile=tile, workers=workers)
     return groups_from_pairs(matrix.shape[0], pairs)
 
 

@@ -1,0 +1,169 @@
+"""Benchmark of ``similar`` and ``dupes`` at 100,000 vectors of 384 dimensions.
+
+Random unit vectors (seeded) with planted near-duplicates (noisy copies, cosine ~0.97),
+so the answer is known. Measures, on this machine's cores:
+
+- ``similar``: exact top-10 for one query (median over queries), and loading the
+  collection's cache (``.npy`` + JSON index) that every ``similar`` run starts with;
+- a cold collection: parsing sidecar JSON (per sidecar, extrapolated to N);
+- ``dupes``: all pairs >= 0.95 and their groups, with the peak memory it added;
+  ``--baseline`` also times the same search scoring every tile in full (no filter).
+
+Usage: ``.venv/bin/python -m benchmarks.bench_use [--n 100000] [--baseline] [--out PATH]``
+Prints one JSON document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+import dinoembed.similarity as sim
+from dinoembed.collection import (
+    Collection,
+    CollectionCache,
+    Entry,
+    collection_from_sidecars,
+)
+from dinoembed.results import Embedding, EmbeddingResult, ModelInfo, SourceInfo
+
+T = TypeVar("T")
+DIM = 384
+THRESHOLD = 0.95
+MODEL = ModelInfo(name="bench", sha256="0" * 64, preprocess="center-crop", input_size=224)
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def vectors(n: int, planted: int, seed: int = 0) -> tuple[np.ndarray, set[tuple[int, int]]]:
+    """``n`` unit rows; the last ``planted`` are noisy copies of distinct earlier rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, DIM), dtype=np.float32)
+    originals = rng.choice(n - planted, planted, replace=False)
+    x[n - planted :] = x[originals] + 0.25 * rng.standard_normal((planted, DIM), dtype=np.float32)
+    pairs = {(int(o), n - planted + i) for i, o in enumerate(originals)}
+    return sim.normalize_rows(x), pairs
+
+
+def bench_similar(x: np.ndarray, queries: int = 30) -> dict[str, Any]:
+    rng = np.random.default_rng(1)
+    seconds = []
+    for q in rng.choice(x.shape[0], queries, replace=False):
+        query = x[q]
+        start = time.perf_counter()
+        sim.top_k(x, query, 10)
+        seconds.append(time.perf_counter() - start)
+    return {"top10_median_ms": round(statistics.median(seconds) * 1000, 2)}
+
+
+def bench_cache(x: np.ndarray) -> dict[str, Any]:
+    entries = tuple(
+        Entry(f"img-{i:06d}.jpg.dinov2.json", f"{i}:0:0", f"/photos/img-{i:06d}.jpg", None, i)
+        for i in range(x.shape[0])
+    )
+    collection = Collection("/photos", MODEL, entries, x)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = CollectionCache(Path(tmp))
+        _, save = timed(lambda: cache.save(collection))
+        loaded, load = timed(lambda: cache.load("/photos"))
+        assert loaded is not None and len(loaded) == x.shape[0]
+        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
+    return {"cache_save_s": round(save, 3), "cache_load_s": round(load, 3), "cache_mb": size >> 20}
+
+
+def bench_parse(x: np.ndarray, sample: int = 2000) -> dict[str, Any]:
+    blobs = [
+        (
+            f"img-{i}",
+            EmbeddingResult(
+                file_path=f"/photos/img-{i}.jpg",
+                status="success",
+                embedding=Embedding(
+                    embedding=[float(str(v)) for v in x[i]], embedding_dim=DIM, normalized=True
+                ),
+                model=MODEL,
+                source=SourceInfo(size=1, mtime=1.0),
+            )
+            .to_json()
+            .encode(),
+        )
+        for i in range(sample)
+    ]
+    _, took = timed(lambda: collection_from_sidecars("/photos", blobs))
+    per = took / sample
+    return {"parse_per_sidecar_ms": round(per * 1000, 3), "parse_all_s": round(per * len(x), 1)}
+
+
+def bench_dupes(x: np.ndarray, planted: set[tuple[int, int]]) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    pairs, took = timed(lambda: sim.similar_pairs(x, THRESHOLD))
+    groups, grouping = timed(lambda: sim.groups_from_pairs(x.shape[0], pairs))
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    found = set(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True))
+    return {
+        "pairs_s": round(took, 2),
+        "groups_s": round(grouping, 3),
+        "pairs": len(pairs),
+        "groups": len(groups),
+        "planted_found": len(planted & found),
+        "planted": len(planted),
+        "peak_rss_added_mb": (after - before) >> 10,
+    }
+
+
+def bench_baseline(x: np.ndarray) -> dict[str, Any]:
+    saved = sim.MIN_DIM_FOR_FILTER
+    sim.MIN_DIM_FOR_FILTER = DIM + 1  # no low-rank filter: every tile scored in full
+    try:
+        pairs, took = timed(lambda: sim.similar_pairs(x, THRESHOLD))
+    finally:
+        sim.MIN_DIM_FOR_FILTER = saved
+    return {"full_scoring_s": round(took, 2), "full_scoring_pairs": len(pairs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_use")
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--planted", type=int, default=1_000)
+    parser.add_argument("--baseline", action="store_true", help="also time full tile scoring")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    x, planted = vectors(args.n, args.planted)
+    report: dict[str, Any] = {
+        "n": args.n,
+        "dim": DIM,
+        "threshold": THRESHOLD,
+        "cpus": len(os.sched_getaffinity(0)),
+        "matrix_mb": x.nbytes >> 20,
+    }
+    report |= bench_similar(x)
+    report |= bench_cache(x)
+    report |= bench_parse(x)
+    report |= bench_dupes(x, planted)
+    if args.baseline:
+        report |= bench_baseline(x)
+    text = json.dumps(report, indent=2)
+    sys.stdout.write(text + "\n")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
