@@ -230,7 +230,7 @@ def run_dupes(settings: Settings, location: str, threshold: float, as_json: bool
     if not -1.0 <= threshold <= 1.0:
         raise ConfigError(f"--threshold {threshold}: a cosine is between -1 and 1")
     collection = open_collection(location, settings)
-    groups = duplicate_groups(collection.matrix, threshold)
+    groups = duplicate_groups(collection.matrix, threshold, workers=settings.threads)
     rows = collection.rows
     if as_json:
         doc = {

@@ -81,15 +81,16 @@ def test_top_k_refuses_a_query_of_another_dimension() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dim", "tile", "threshold"),
+    ("dim", "tile", "threshold", "workers"),
     [
-        (384, 128, 0.95),  # the low-rank filter path (dim >= 256, several tiles)
-        (384, 128, 0.8),
-        (32, 100, 0.9),  # small dimensions: tiles scored in full
+        (384, 128, 0.95, 1),  # the low-rank filter path (dim >= 256, several tiles)
+        (384, 128, 0.95, 3),  # ... shared among threads
+        (384, 128, 0.8, 2),
+        (32, 100, 0.9, 2),  # small dimensions: tiles scored in full
     ],
 )
 def test_similar_pairs_are_exactly_the_brute_force_pairs(
-    dim: int, tile: int, threshold: float
+    dim: int, tile: int, threshold: float, workers: int
 ) -> None:
     # GIVEN random vectors with planted near-duplicates (some chained into bigger groups)
     rng = np.random.default_rng(dim + tile)
@@ -97,9 +98,10 @@ def test_similar_pairs_are_exactly_the_brute_force_pairs(
     x = with_near_duplicates(rng, base, 150, noise=0.012 if dim > 100 else 0.05)
     assert margin_ok(x, threshold)
     # WHEN finding the pairs above the threshold in tiles
-    pairs = similar_pairs(x, threshold, tile=tile)
+    pairs = similar_pairs(x, threshold, tile=tile, workers=workers)
     got = set(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True))
-    # THEN they are the brute-force pairs, with their true scores
+    # THEN they are the brute-force pairs, sorted, with their true scores
+    assert list(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True)) == sorted(got)
     expected = brute_pairs(x, threshold)
     assert len(expected) >= 100
     assert got == expected
