@@ -453,3 +453,19 @@ def test_periodic_summary_line(
 
         assert wait_for(lambda: any(" 1 embedded, 0 errors" in m for m in summaries()))
     assert all("images/s, queue depth " in m for m in summaries())
+
+
+def test_a_sidecar_that_cannot_be_written_does_not_stop_the_daemon(
+    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+) -> None:
+    # GIVEN an image whose sidecar name is taken by a folder
+    blocked = save_photo(photos["rocket"], root / "blocked.jpg")
+    sidecar_of(blocked).mkdir()
+    with running(watch_settings(tiny_model), root, embedder) as daemon:
+        # WHEN it and then a good image are processed
+        good = save_photo(photos["coffee"], root / "good.jpg")
+        # THEN the good one still gets its sidecar, and no temp file is left behind
+        assert wait_for(has_sidecar(good))
+        assert daemon.worker is not None and daemon.worker.is_alive()
+    assert sidecar_of(blocked).is_dir()
+    assert stray_files(root) == []

@@ -288,3 +288,39 @@ def test_per_image_log_lines(
     assert any(m.startswith(f"{tmp_path / 'a.jpg'} success ") and " ms" in m for m in lines)
     assert any(m.startswith(f"{tmp_path / 'b.jpg'} error ") for m in lines)
     assert any("stopped: 1 embedded, 1 errors" in r.getMessage() for r in caplog.records)
+
+
+def test_inotify_is_used_for_a_tree_within_the_limits(tmp_path: Path) -> None:
+    # GIVEN a tree of nested folders (and a symlinked folder, which is not watched)
+    for i in range(5):
+        for j in range(4):
+            (tmp_path / f"d{i}" / f"e{j}").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "d0", target_is_directory=True)
+    handler = EnqueueHandler(WorkQueue(), ".dinov2.json", lambda folder: None)
+    # WHEN the observer starts THEN every folder is watched by inotify: no fallback
+    observer = start_observer(tmp_path, handler, recursive=True, polling=False)
+    try:
+        assert not isinstance(observer, PollingObserver)
+        assert handler.expects_close is True
+    finally:
+        stop_observer(observer)
+
+
+def test_folders_inotify_does_not_watch_are_counted(tmp_path: Path) -> None:
+    # GIVEN a real inotify observer that watches only the top of a tree of 3 sub-folders
+    # (what watchdog leaves behind, silently, when the watch limit is hit below the root)
+    from watchdog.observers.inotify import InotifyObserver
+
+    from watcher.observer import unwatched_folders
+
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    observer = InotifyObserver()
+    observer.schedule(EnqueueHandler(WorkQueue(), ".x", lambda f: None), str(tmp_path))
+    observer.start()
+    try:
+        # THEN the shortfall is seen, so the daemon can fall back to polling
+        assert unwatched_folders(observer, tmp_path, recursive=True) == 3
+        assert unwatched_folders(observer, tmp_path, recursive=False) == 0
+    finally:
+        stop_observer(observer)

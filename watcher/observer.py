@@ -56,10 +56,10 @@ def start_observer(
                 "inotify limit reached (%s); polling %s instead: %s", err, root, LIMITS_HINT
             )
         else:
-            missing = _unwatched_folders(observer, root, recursive=recursive)
+            missing = unwatched_folders(observer, root, recursive=recursive)
             if missing:  # maybe folders created meanwhile, not yet picked up: look again
                 time.sleep(RECOUNT_DELAY_SECONDS)
-                missing = _unwatched_folders(observer, root, recursive=recursive)
+                missing = unwatched_folders(observer, root, recursive=recursive)
             if not missing:
                 return observer
             log.warning(
@@ -104,7 +104,7 @@ def stop_observer(observer: BaseObserver) -> None:
         observer.join()
 
 
-def _unwatched_folders(observer: BaseObserver, root: Path, *, recursive: bool) -> int:
+def unwatched_folders(observer: BaseObserver, root: Path, *, recursive: bool) -> int:
     """How many existing folders inotify is not watching (0 when it cannot tell)."""
     watched = 0
     for emitter in observer.emitters:

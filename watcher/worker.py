@@ -95,7 +95,10 @@ class Worker(threading.Thread):
             if not first:
                 return False
             for outcome in self.embedder.embed(self._items(first)):
-                self._finish(outcome)
+                try:
+                    self._finish(outcome)
+                except Exception:
+                    log.exception("%s: result not written", outcome.item.file_path)
             return True
         finally:
             self.busy = False
