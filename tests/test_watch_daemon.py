@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
 
 from dinoembed.cli import main as cli_main
 from dinoembed.pipeline import Embedder
@@ -469,3 +471,38 @@ def test_a_sidecar_that_cannot_be_written_does_not_stop_the_daemon(
         assert daemon.worker is not None and daemon.worker.is_alive()
     assert sidecar_of(blocked).is_dir()
     assert stray_files(root) == []
+
+
+def test_kernel_event_queue_overflow_triggers_a_rescan(
+    root: Path, tiny_model: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="watcher")
+    with running(watch_settings(tiny_model, rescan_seconds=0), root, embedder):
+        # WHEN watchdog reports that the kernel dropped inotify events (IN_Q_OVERFLOW;
+        # watchdog only logs it, with this message, so that is what the daemon listens to)
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+
+        # THEN the daemon rescans the tree
+        def rescanned() -> bool:
+            return any(r.getMessage().startswith("rescan: ") for r in caplog.records)
+
+        assert wait_for(rescanned)
+    assert any("events were lost" in r.getMessage() for r in caplog.records)
+
+
+def test_periodic_rescan_finds_files_no_event_announced(
+    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+) -> None:
+    # GIVEN an observer that reports nothing in time (a poller with an hourly interval)
+    # and a rescan every half second
+    def deaf() -> BaseObserver:
+        return PollingObserver(timeout=3600)
+
+    settings = watch_settings(tiny_model, rescan_seconds=0.5)
+    with running(settings, root, embedder, native_observer=deaf):
+        # WHEN an image lands unannounced
+        image = save_photo(photos["rocket"], root / "quiet.jpg")
+        # THEN the rescan finds and embeds it
+        assert wait_for(has_sidecar(image))
