@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def run_embed(settings: Settings, paths: Sequence[Path]) -> int:
     """Print one JSON result per image, in input order. 0 when all succeeded, else 1."""
-    files = list(expand_paths(paths, settings.output_suffix, recursive=settings.recursive))
+    files = list(expand_paths(paths, settings.output_suffix, recursive=bool(settings.recursive)))
     if not files:
         log.warning("no images found in %s", " ".join(str(p) for p in paths))
         return 0

@@ -99,7 +99,7 @@ def is_s3(location: str) -> bool:
 
 def recursive(settings: Settings) -> bool:
     """Collections are recursive unless the user set ``recursive`` (as ``watch`` does)."""
-    return settings.recursive if "recursive" in settings.model_fields_set else True
+    return True if settings.recursive is None else settings.recursive
 
 
 def open_source(location: str, settings: Settings) -> SidecarSource:

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     decode_workers: int | None = Field(default=None, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)
-    recursive: bool = False
+    # None = the command's own default: `embed` does not descend, `watch` does.
+    recursive: bool | None = None
     write_sidecars: bool = False
     # watcher
     polling: bool = False

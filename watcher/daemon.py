@@ -10,9 +10,9 @@ a summary line every minute. SIGINT/SIGTERM stop the daemon: the batch in
 progress is finished and its sidecars written, then it exits 0. If the watched
 folder itself disappears, it stops with exit status 1.
 
-Recursion: ``Settings.recursive`` defaults to False, which suits ``embed``;
-a watcher is recursive unless recursion was set explicitly (``--no-recursive``
-or ``DINOEMBED_RECURSIVE``), see :func:`watch_recursive`.
+Recursion: ``Settings.recursive`` is None unless set (``--no-recursive`` or
+``DINOEMBED_RECURSIVE``); ``embed`` then does not descend and a watcher does,
+see :func:`watch_recursive`.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 
 def watch_recursive(settings: Settings) -> bool:
     """Watching is recursive unless the user set ``recursive`` (flag or environment)."""
-    return settings.recursive if "recursive" in settings.model_fields_set else True
+    return True if settings.recursive is None else settings.recursive
 
 
 class _OverflowSignal(logging.Handler):
