@@ -23,7 +23,9 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
 from dinoembed.errors import DinoEmbedError, PermanentError, SourceGoneError, TransientError
@@ -57,6 +59,8 @@ CONNECTION_ERRORS = (
     ConnectTimeoutError,
     ReadTimeoutError,
     ConnectionClosedError,
+    IncompleteReadError,  # the body was cut short (fewer bytes than Content-Length)
+    ResponseStreamingError,  # the connection failed while the body was streaming
 )
 # Standard retry mode (3 attempts; AWS_MAX_ATTEMPTS overrides) backs off on throttling
 # itself before the handler gives the record back for a later retry.
