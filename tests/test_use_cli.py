@@ -10,6 +10,7 @@ checks the plumbing and the grouping, not DINOv2's notion of similarity.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,37 @@ def test_help_lists_the_new_commands(capsys: pytest.CaptureFixture[str]) -> None
     out = capsys.readouterr().out
     for command in ("similar", "dupes", "backfill", "export"):
         assert command in out
+
+
+def test_parquet_without_pyarrow_says_how_to_get_it(
+    embedded_folder: tuple[Path, dict[str, set[str]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    cache_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN an installation without pyarrow (None in sys.modules makes the import fail)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    root, _ = embedded_folder
+    out = tmp_path / "v.parquet"
+    code, _, err = cli(capsys, "export", str(root), "--format", "parquet", "--out", str(out))
+    assert code == 2 and "dinoembed[export]" in err and "--format npy" in err
+    assert not out.exists()
+
+
+def test_a_query_that_is_not_an_image_is_a_clear_error(
+    embedded_folder: tuple[Path, dict[str, set[str]]],
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    cache_env: Path,
+) -> None:
+    root, _ = embedded_folder
+    query = tmp_path / "query.jpg"
+    query.write_bytes(b"\xff\xd8\xff definitely not a jpeg")
+    code, out, err = cli(
+        capsys, "similar", str(query), "--in", str(root), "--model", str(tiny_model)
+    )
+    assert code == 2 and out == ""
+    assert f"{query}: cannot be used as a query: not an image" in err

@@ -17,8 +17,8 @@ from dinoembed.collection import CollectionCache, load_collection
 from dinoembed.model_store import sha256_file
 from dinoembed.pipeline import Embedder
 from dinoembed.results import EmbeddingResult, ModelInfo
-from handler.collection_s3 import S3SidecarSource, notification
-from handler.events import normalise
+from handler.collection_s3 import QueueError, S3SidecarSource, notification, send_to_queue
+from handler.events import ObjectRef, normalise
 from handler.process import Processor
 from handler.s3io import S3Objects
 from tests.helpers import encode
@@ -245,8 +245,6 @@ def test_backfill_to_a_queue_sends_notifications_the_function_understands(
 
 
 def test_notification_is_shaped_like_s3s() -> None:
-    from handler.events import ObjectRef
-
     ref = ObjectRef("b", "a dir/red flower+1.jpg", size=12, etag='"abc"')
     body = notification(ref, "eu-west-1")
     record = body["Records"][0]
@@ -267,3 +265,44 @@ def test_queue_mode_compares_with_the_model_files_digest(tiny_model: Path) -> No
         "c" * 64,
         "squash",
     )
+
+
+class RefusingQueue:
+    """An SQS client whose send_message_batch refuses some keys for the first ``times`` tries
+    (moto never refuses entries; this is the one failure it cannot produce)."""
+
+    def __init__(self, refuse: set[str], times: int) -> None:
+        self.refuse, self.times = refuse, times
+        self.tries: dict[str, int] = {}
+        self.batches: list[int] = []
+        self.delivered: list[str] = []
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:  # noqa: N803
+        self.batches.append(len(Entries))
+        failed = []
+        for entry in Entries:
+            key = normalise(json.loads(entry["MessageBody"])).refs[0].key
+            self.tries[key] = self.tries.get(key, 0) + 1
+            if key in self.refuse and self.tries[key] <= self.times:
+                failed.append({"Id": entry["Id"], "Code": "InternalError", "SenderFault": False})
+            else:
+                self.delivered.append(key)
+        return {"Successful": [], "Failed": failed}
+
+
+def refs(count: int) -> list[ObjectRef]:
+    return [ObjectRef(BUCKET, f"p/{i:02d}.jpg", size=1, etag=f'"{i}"') for i in range(count)]
+
+
+def test_queue_sends_in_batches_of_ten_and_retries_refused_entries_once() -> None:
+    queue = RefusingQueue({"p/03.jpg", "p/21.jpg"}, times=1)
+    assert send_to_queue(queue, "url", refs(23), REGION) == 23
+    assert queue.batches == [10, 1, 10, 3, 1]
+    assert sorted(queue.delivered) == [r.key for r in refs(23)]
+
+
+def test_entries_refused_twice_are_reported_after_the_rest_is_sent() -> None:
+    queue = RefusingQueue({"p/12.jpg"}, times=2)
+    with pytest.raises(QueueError, match=r"refused 1 message.*p/12\.jpg"):
+        send_to_queue(queue, "url", refs(15), REGION)
+    assert len(queue.delivered) == 14
