@@ -32,7 +32,7 @@ from dinoembed.results import EmbeddingResult, is_sidecar, sidecar_name, utc_now
 from handler.events import ObjectRef
 from handler.observability import Tally
 from handler.process import Processor
-from handler.s3io import CLIENT_CONFIG, S3Objects, map_error
+from handler.s3io import S3Objects, client_config, map_error
 
 log = logging.getLogger(f"dinoembed.{__name__}")
 
@@ -239,4 +239,4 @@ def make_sqs_client() -> Any:
     """A boto3 SQS client (endpoint and region from the standard AWS variables)."""
     import boto3
 
-    return boto3.client("sqs", config=CLIENT_CONFIG)
+    return boto3.client("sqs", config=client_config())

@@ -62,9 +62,17 @@ CONNECTION_ERRORS = (
     IncompleteReadError,  # the body was cut short (fewer bytes than Content-Length)
     ResponseStreamingError,  # the connection failed while the body was streaming
 )
-# Standard retry mode (3 attempts; AWS_MAX_ATTEMPTS overrides) backs off on throttling
-# itself before the handler gives the record back for a later retry.
-CLIENT_CONFIG = Config(retries={"mode": "standard"}, connect_timeout=5)
+
+
+def client_config() -> Config:
+    """Standard retry mode (3 attempts; AWS_MAX_ATTEMPTS overrides) backs off on throttling
+    itself before the handler gives the record back for a later retry.
+
+    A new Config per client: botocore writes the attempts it resolved (from
+    AWS_MAX_ATTEMPTS) into the ``retries`` dict it is given, so a shared Config
+    would pin every later client to the first one's value.
+    """
+    return Config(retries={"mode": "standard"}, connect_timeout=5)
 
 
 class S3TransientError(TransientError):
@@ -204,4 +212,4 @@ def make_client() -> Any:
     """A boto3 S3 client (endpoint and region from the standard AWS variables)."""
     import boto3
 
-    return boto3.client("s3", config=CLIENT_CONFIG)
+    return boto3.client("s3", config=client_config())
