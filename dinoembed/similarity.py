@@ -145,10 +145,11 @@ def _pairs(
     matrix: Matrix, low: _LowRank | None, threshold: float, tile: int, workers: int
 ) -> Pairs:
     starts = list(range(0, matrix.shape[0], tile))
+    shared = _Shared.build(matrix, low)
     workers = max(1, min(workers, len(starts)))
 
     def work(first: int) -> list[Pairs]:
-        tiles = _Tiles(matrix, low, threshold, tile)
+        tiles = _Tiles(matrix, low, threshold, tile, shared)
         found: list[Pairs] = []
         for i0 in starts[first::workers]:  # round-robin: the triangle's rows shrink
             for j0 in range(i0, matrix.shape[0], tile):
@@ -173,16 +174,33 @@ def _pairs(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """Column-major copies all threads read: of the low-rank rows when filtering, else of
+    the rows themselves (dense tiles of a filtered run use a transposed view instead)."""
+
+    columns: Matrix | None
+    low_columns: Matrix | None
+
+    @classmethod
+    def build(cls, matrix: Matrix, low: _LowRank | None) -> _Shared:
+        if low is None:
+            return cls(np.ascontiguousarray(matrix.T), None)
+        return cls(None, np.ascontiguousarray(low.low.T))
+
+
 class _Tiles:
     """Scores one tile at a time into reused buffers (column-major copies feed BLAS fast)."""
 
-    def __init__(self, matrix: Matrix, low: _LowRank | None, threshold: float, tile: int) -> None:
+    def __init__(
+        self, matrix: Matrix, low: _LowRank | None, threshold: float, tile: int, shared: _Shared
+    ) -> None:
         self.n = matrix.shape[0]
         self.tile = tile
         self.matrix = matrix
-        self.columns = np.ascontiguousarray(matrix.T)
+        self.columns = shared.columns
         self.low = low
-        self.low_columns = np.ascontiguousarray(low.low.T) if low is not None else None
+        self.low_columns = shared.low_columns
         self.cut = threshold - SLACK
         side = min(tile, self.n)
         self.scores: Matrix = np.empty((side, side), np.float32)
@@ -207,7 +225,8 @@ class _Tiles:
 
     def _full(self, i0: int, i1: int, j0: int, j1: int) -> NDArray[np.bool_]:
         scores, mask = self.scores[: i1 - i0, : j1 - j0], self.mask[: i1 - i0, : j1 - j0]
-        np.matmul(self.matrix[i0:i1], self.columns[:, j0:j1], out=scores)
+        right = self.matrix[j0:j1].T if self.columns is None else self.columns[:, j0:j1]
+        np.matmul(self.matrix[i0:i1], right, out=scores)
         return np.greater_equal(scores, self.cut, out=mask)
 
     def _filtered(self, low: _LowRank, i0: int, i1: int, j0: int, j1: int) -> NDArray[np.bool_]:
