@@ -4,19 +4,21 @@ A scan queues every image whose sidecar is not current (checked here, on the
 scanning thread, so an up-to-date tree costs no embedding work) and removes
 sidecars whose image is gone (deleted or renamed while the daemon was not
 running). Symlinked folders are not followed; symlinked files that resolve
-outside the root are skipped.
+outside the root are skipped. Sidecar temp files older than the scanner (left by
+a process killed between writing a sidecar and renaming it into place) are removed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dinoembed.local import looks_like_image
-from dinoembed.results import is_sidecar
+from dinoembed.results import is_sidecar, is_temp_file
 from watcher.queue import Touch, WorkQueue
 from watcher.sidecars import Sidecars, State
 
@@ -29,6 +31,7 @@ class ScanReport:
     queued: int = 0
     current: int = 0
     orphans_removed: int = 0
+    temps_removed: int = 0
 
 
 def walk_files(folder: Path, *, recursive: bool) -> Iterator[Path]:
@@ -73,6 +76,7 @@ class Scanner:
         self.recursive = recursive
         self.cancelled = cancelled
         self.on_current: Callable[[], None] = lambda: None
+        self.started = time.time()  # our own temp files are never older than this
 
     def scan(self, folder: Path, touch: Touch = Touch.SCAN) -> ScanReport:
         report = ScanReport()
@@ -86,9 +90,19 @@ class Scanner:
                 elif is_sidecar(path.name, suffix):
                     image = path.with_name(path.name[: -len(suffix)])
                     report.orphans_removed += self.sidecars.remove_orphan(image)
+                elif is_temp_file(path.name) and suffix + "." in path.name:
+                    report.temps_removed += self._remove_stale_temp(path)
             except OSError as err:
                 log.warning("%s: skipped during scan: %s", path, err.strerror or err)
         return report
+
+    def _remove_stale_temp(self, path: Path) -> bool:
+        """A sidecar temp file from before we started belongs to a killed writer."""
+        if path.lstat().st_mtime >= self.started:
+            return False
+        path.unlink(missing_ok=True)
+        log.info("%s: removed a temp file left by an interrupted sidecar write", path)
+        return True
 
     def _image(self, path: Path, touch: Touch, report: ScanReport) -> None:
         try:
