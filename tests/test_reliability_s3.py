@@ -557,10 +557,10 @@ def model_in_s3(s3: S3Client, tiny_model: Path) -> dict[str, str]:
 def fill(path: Path, leave: int) -> None:
     """Write junk into ``path`` until less than ``leave`` bytes are free on its filesystem."""
     chunk = b"\0" * 4096
-    with path.open("wb", buffering=0) as out:
-        with contextlib.suppress(OSError):  # ENOSPC: the filesystem is full
-            while out.write(chunk):
-                pass
+    # ENOSPC ends the loop: the filesystem is full
+    with path.open("wb", buffering=0) as out, contextlib.suppress(OSError):
+        while out.write(chunk):
+            pass
     os.truncate(path, max(0, path.stat().st_size - leave + 4096))
     assert shutil.disk_usage(path.parent).free < leave
 
