@@ -125,19 +125,37 @@ def assert_complete(images: list[Path], reference: Embedder | None = None) -> No
 # --- kill -9 ------------------------------------------------------------------------------
 
 
+def stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP has taken effect): state T in /proc/<pid>/stat."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def freeze_mid_write(proc: subprocess.Popen[bytes], folder: Path) -> None:
+    """Stop ``proc`` at a moment when one of its sidecar temp files exists."""
+    while True:
+        assert wait_for(lambda: bool(temp_files(folder)) or proc.poll() is not None, every=0.001)
+        if proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGSTOP)
+        assert wait_for(lambda: stopped(proc.pid))
+        if temp_files(folder):
+            return  # frozen between writing a sidecar's temp file and renaming it
+        proc.send_signal(signal.SIGCONT)
+
+
 def kill_9(
     proc: subprocess.Popen[bytes], folder: Path, *, mid_write: bool, rng: random.Random
 ) -> bool:
-    """SIGKILL ``proc`` once it has made progress (after a random pause), or the moment a
-    sidecar temp file exists. True when a temp file existed at the kill."""
+    """SIGKILL ``proc`` once it has made progress (after a random pause), or in the middle
+    of a sidecar write. True when a sidecar temp file existed at the kill."""
     before = len(sidecars_in(folder))
     if mid_write:
-        assert wait_for(lambda: bool(temp_files(folder)) or proc.poll() is not None, every=0.001)
+        freeze_mid_write(proc, folder)
     else:
         assert wait_for(lambda: len(sidecars_in(folder)) > before or proc.poll() is not None)
         time.sleep(rng.uniform(0.0, 0.3))
-    proc.send_signal(signal.SIGKILL)
     writing = bool(temp_files(folder))
+    proc.send_signal(signal.SIGKILL)
     assert proc.wait(TIMEOUT) == -signal.SIGKILL
     return writing
 
@@ -161,7 +179,7 @@ def test_kill_9_mid_batch_and_mid_write_then_restart_completes_every_sidecar(
         # THEN after each kill every sidecar on disk is complete (never half-written)
         assert all(read_sidecar(p) is not None for p in sidecars_in(folder))
         tried()
-    assert kills_mid_write >= 2
+    assert kills_mid_write >= 3  # every mid-write round, and maybe some random ones
     assert len(sidecars_in(folder)) < len(images)  # the kills really interrupted the backlog
     # AND a restart finishes the rest: one valid sidecar per image, no temp file left
     done = subprocess.run([*cmd, "--once"], capture_output=True, timeout=300, check=False)
