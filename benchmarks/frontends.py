@@ -1,0 +1,182 @@
+"""Rows for the two front ends: a watcher burst and a Lambda SQS batch against moto.
+
+Each needs its adapter (``watcher.daemon``, ``handler.app``) and, for Lambda,
+moto's server; when one is missing its row is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import procs
+from benchmarks.suites import OUR_SUFFIX, Bench, Corpus, Samples
+
+POLL = 0.05
+
+
+def missing(*modules: str) -> str | None:
+    """The first module that cannot be imported, or None."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            return name
+    return None
+
+
+def _count(folder: Path, suffix: str) -> int:
+    return sum(1 for p in folder.iterdir() if p.name.endswith(suffix))
+
+
+def _wait_for(folder: Path, suffix: str, count: int, timeout: float, proc: Any) -> float:
+    deadline = time.monotonic() + timeout
+    while _count(folder, suffix) < count:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the watcher exited early with status {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out: {_count(folder, suffix)}/{count} sidecars")
+        time.sleep(POLL)
+    return time.perf_counter()
+
+
+def watcher_burst(bench: Bench, sources: list[Path], count: int, work: Path, s: Samples) -> None:
+    """``count`` images copied into a watched folder -> the last sidecar; then ``embed`` on them."""
+    watched = work / "watched"
+    shutil.rmtree(watched, ignore_errors=True)
+    (watched / "burst").mkdir(parents=True)
+    cmd = [*procs.dinoembed_command(), "watch", str(watched), "--model", str(bench.model)]
+    cmd += ["--batch-size", str(bench.batch_size)]
+    with (work / "watch.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=bench.env())
+        try:
+            # A first image proves the watcher is up and its model loaded.
+            shutil.copyfile(sources[0], watched / f"probe{sources[0].suffix}")
+            _wait_for(watched, OUR_SUFFIX, 1, 120.0, proc)
+            if bench.quiet_wait > 0:
+                procs.wait_for_quiet(bench.quiet_wait)
+            start = time.perf_counter()
+            for i in range(count):
+                src = sources[i % len(sources)]
+                shutil.copyfile(src, watched / "burst" / f"b{i:04d}{src.suffix}")
+            done = _wait_for(watched / "burst", OUR_SUFFIX, count, 10.0 * count + 60, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+    s.add("watch_burst_ms", 1000.0 * (done - start) / count)
+    burst = watched / "burst"
+    for sidecar in burst.glob(f"*{OUR_SUFFIX}"):
+        sidecar.unlink()
+    files = sorted(burst.iterdir())
+    full = bench.timed(bench.embed_cmd(bench.model, [burst]), s)
+    one = bench.timed(bench.embed_cmd(bench.model, files[:1]), s)
+    s.add("embed_burst_ms", 1000.0 * (full.wall - one.wall) / (count - 1))
+    shutil.rmtree(watched)
+
+
+class MotoServer:
+    """moto's S3 server on a free local port, as a child process."""
+
+    def __init__(self, log_path: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [procs.python(), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+
+def _sqs_event(bucket: str, objects: list[tuple[str, int, str]]) -> dict[str, Any]:
+    records = []
+    for i, (key, size, etag) in enumerate(objects):
+        s3 = {"bucket": {"name": bucket}, "object": {"key": key, "size": size, "eTag": etag}}
+        body = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": s3}]}
+        records.append(
+            {
+                "messageId": f"bench-{i:04d}",
+                "receiptHandle": f"bench-{i:04d}",
+                "body": json.dumps(body),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:dinoembed-bench",
+                "awsRegion": "us-east-1",
+            }
+        )
+    return {"Records": records}
+
+
+def lambda_batch(bench: Bench, corpus: Corpus, work: Path, rep: int, s: Samples) -> None:
+    """One SQS batch of (up to) 10 images, cold (fresh process) then warm, against moto S3."""
+    import boto3
+
+    env = bench.env()
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_LAMBDA_FUNCTION_NAME="dinoembed-bench",
+        DINOEMBED_MODEL_PATH=str(bench.model),
+        DINOEMBED_BATCH_SIZE=str(bench.batch_size),
+        POWERTOOLS_LOG_LEVEL="WARNING",
+    )
+    server = MotoServer(work / "moto.log")
+    try:
+        env["AWS_ENDPOINT_URL"] = server.url
+        client = boto3.client(
+            "s3",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        client.create_bucket(Bucket="bench")
+        files = corpus.files[:10]
+        events = []
+        for phase in ("cold", "warm"):
+            objects = []
+            for path in files:
+                key = f"rep{rep}/{phase}/{path.name}"
+                etag = client.put_object(Bucket="bench", Key=key, Body=path.read_bytes())["ETag"]
+                objects.append((key, path.stat().st_size, etag.strip('"')))
+            event_path = work / f"sqs-{phase}.json"
+            event_path.write_text(json.dumps(_sqs_event("bench", objects)))
+            events.append(event_path)
+        result_path = work / "lambda-result.json"
+        start = time.time()
+        cmd = [procs.python(), "-m", "benchmarks.lambda_invoke", str(result_path)]
+        bench.timed(cmd + [str(e) for e in events], s, env)
+        report = json.loads(result_path.read_text())
+        listed = client.list_objects_v2(Bucket="bench", Prefix=f"rep{rep}/")
+        sidecars = [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(OUR_SUFFIX)]
+    finally:
+        server.close()
+    for entry in report:
+        if entry["response"].get("batchItemFailures"):
+            raise RuntimeError(f"lambda reported failures: {entry['response']}")
+    if len(sidecars) != 2 * len(files):
+        raise RuntimeError(f"lambda wrote {len(sidecars)} sidecars for {2 * len(files)} images")
+    s.add("lambda_cold_s", report[0]["done_at"] - start)
+    s.add("lambda_warm_s", report[1]["seconds"])

@@ -1,0 +1,99 @@
+"""Running one benchmarked process: wall time, time to first output line, peak RSS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS, sum(fields[:8]) / CLOCK_TICKS
+
+
+def wait_for_quiet(max_wait: float = 60.0, threshold: float = 0.15, window: float = 1.0) -> float:
+    """Wait until the machine has been nearly idle for ``window`` seconds (other people's
+    processes share it), at most ``max_wait``. Returns the busy fraction last seen."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy0, total0 = busy_seconds()
+        time.sleep(window)
+        busy1, total1 = busy_seconds()
+        share = (busy1 - busy0) / max(total1 - total0, 1e-9)
+        if share <= threshold or time.monotonic() > deadline:
+            return share
+
+
+@dataclass(frozen=True, slots=True)
+class ProcResult:
+    wall: float  # process start -> exit, seconds
+    first_line: float | None  # process start -> first stdout line, seconds
+    lines: int
+    max_rss_mb: float
+    others: float  # share of the machine's CPUs busy with other processes during the run
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def python() -> str:
+    return sys.executable
+
+
+def dinoembed_command() -> list[str]:
+    """The installed console script next to this interpreter, else ``python -m``."""
+    script = Path(sys.executable).with_name("dinoembed")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "dinoembed.cli"]
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment without DINOEMBED_* settings (a benchmark states its own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DINOEMBED_")}
+    env["PYTHONDONTWRITEBYTECODE"] = env.get("PYTHONDONTWRITEBYTECODE", "")
+    env.update(extra or {})
+    return env
+
+
+def run(
+    cmd: Sequence[str], env: Mapping[str, str] | None = None, *, check: bool = True
+) -> ProcResult:
+    """Run ``cmd``, stamping the first stdout line; peak RSS comes from wait4's rusage."""
+    with tempfile.TemporaryFile() as err:
+        busy0, total0 = busy_seconds()
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd), stdout=subprocess.PIPE, stderr=err, env=dict(env) if env else None
+        )
+        assert proc.stdout is not None
+        first: float | None = None
+        out: list[bytes] = []
+        for line in proc.stdout:
+            if first is None:
+                first = time.perf_counter() - start
+            out.append(line)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        busy1, total1 = busy_seconds()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.stdout.close()
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    text = b"".join(out).decode(errors="replace")
+    rss = usage.ru_maxrss / 1024.0
+    ours = usage.ru_utime + usage.ru_stime
+    others = max(0.0, (busy1 - busy0 - ours) / max(total1 - total0, 1e-9))
+    result = ProcResult(wall, first, len(out), rss, others, proc.returncode, text, stderr)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {stderr[-2000:]}")
+    return result

@@ -1,0 +1,225 @@
+"""Summaries, targets, the printed table and ``RESULTS.md``.
+
+Every quantity is reported as the best (minimum) and the median of the
+interleaved repetitions. The machine is shared, and noise from other processes
+only ever adds time, so targets are judged on the best values; the medians show
+how noisy the run was.
+
+Usage: python -m benchmarks.report benchmarks/out/results.json [RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# (metric, label, unit)
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("model_b1_ms", "1. model only, fp32, batch 1", "ms/img"),
+    ("model_bN_ms", "1. model only, fp32, batch {B} (the floor)", "ms/img"),
+    ("int8_model_bN_ms", "1. model only, int8, batch {B}", "ms/img"),
+    ("torch_bN_ms", "7. PyTorch eager (timm), batch {B}", "ms/img"),
+    ("ours_large_ms", "2. embed --write-sidecars, 12 MP JPEG", "ms/img"),
+    ("ours_large_wall_ms", "   same, wall time / images (incl. start-up)", "ms/img"),
+    ("seed_large_ms", "2. seed pipeline, 12 MP JPEG", "ms/img"),
+    ("int8_large_ms", "2. embed, int8 model, 12 MP JPEG", "ms/img"),
+    ("ours_small_ms", "2. embed --write-sidecars, ~1 MP PNG/JPEG/WebP", "ms/img"),
+    ("seed_small_ms", "2. seed pipeline, ~1 MP PNG/JPEG/WebP", "ms/img"),
+    ("ours_large_cold_s", "3. cold start: dinoembed embed, 1 image", "s"),
+    ("floor_cold_s", "3. cold start floor: import + session + 1 run", "s"),
+    ("ours_large_rss_mb", "4. peak RSS, embed over the 12 MP corpus", "MB"),
+    ("seed_large_rss_mb", "4. peak RSS, seed pipeline, same corpus", "MB"),
+    ("watch_burst_ms", "5. watcher burst (copy -> last sidecar)", "ms/img"),
+    ("embed_burst_ms", "5. embed on the same burst files", "ms/img"),
+    ("lambda_cold_s", "6. Lambda SQS batch of 10, cold (process start)", "s"),
+    ("lambda_warm_s", "6. Lambda SQS batch of 10, warm", "s"),
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    value: float | None
+    limit: float
+    higher_is_better: bool
+    detail: str
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None or self.value <= 0:  # too few images for a marginal cost
+            return None
+        return self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+
+    def verdict(self) -> str:
+        return {True: "met", False: "NOT met", None: "not measured"}[self.met]
+
+    def measured(self) -> str:
+        if self.value is None:
+            return "-"
+        op = ">=" if self.higher_is_better else "<="
+        return f"{self.value:.2f} (target {op} {self.limit:g})"
+
+
+def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"best": min(v), "median": statistics.median(v), "samples": v}
+        for name, v in values.items()
+        if v
+    }
+
+
+def _best(summary: dict[str, dict[str, Any]], name: str) -> float | None:
+    entry = summary.get(name)
+    return None if entry is None else float(entry["best"])
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def targets(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[Target]:
+    def ratio(a: str, b: str) -> float | None:
+        return _ratio(_best(summary, a), _best(summary, b))
+
+    rss_note = "" if meta.get("large_count", 0) >= 64 else " (fewer than 64 images in this run)"
+    return [
+        Target(
+            "12 MP end-to-end <= 1.25 x model only",
+            ratio("ours_large_ms", "model_bN_ms"),
+            1.25,
+            False,
+            "embed ms/img / model-only ms/img at the engine's batch size",
+        ),
+        Target(
+            "12 MP end-to-end >= 2.2 x faster than the seed pipeline",
+            ratio("seed_large_ms", "ours_large_ms"),
+            2.2,
+            True,
+            "seed ms/img / embed ms/img",
+        ),
+        Target(
+            "~1 MP end-to-end <= 1.1 x model only",
+            ratio("ours_small_ms", "model_bN_ms"),
+            1.1,
+            False,
+            "embed ms/img / model-only ms/img",
+        ),
+        Target(
+            "cold start <= 1.3 x the floor",
+            ratio("ours_large_cold_s", "floor_cold_s"),
+            1.3,
+            False,
+            "first result of `dinoembed embed` / floor script",
+        ),
+        Target(
+            "peak RSS of the 64-image 12 MP run <= 400 MB",
+            _best(summary, "ours_large_rss_mb"),
+            400,
+            False,
+            "max RSS of the embed process, MB" + rss_note,
+        ),
+        Target(
+            "watcher burst within 15% of embed",
+            ratio("watch_burst_ms", "embed_burst_ms"),
+            1.15,
+            False,
+            "watcher ms/img / embed ms/img on the same files",
+        ),
+        Target(
+            "int8 end-to-end >= 1.6 x fp32 throughput",
+            ratio("ours_large_ms", "int8_large_ms"),
+            1.6,
+            True,
+            "fp32 embed ms/img / int8 embed ms/img, 12 MP corpus",
+        ),
+    ]
+
+
+def table(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[list[str]]:
+    rows = [["benchmark", "best", "median", "unit"]]
+    for key, label, unit in ROWS:
+        entry = summary.get(key)
+        if entry is None:
+            continue
+        label = label.format(B=meta.get("batch_size", "?"))
+        rows.append([label, f"{entry['best']:.3g}", f"{entry['median']:.3g}", unit])
+    return rows
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def md_table(rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(out)
+
+
+def render_text(data: dict[str, Any]) -> str:
+    summary, meta = data["summary"], data["meta"]
+    lines = [text_table(table(summary, meta)), ""]
+    for t in targets(summary, meta):
+        lines.append(f"{t.verdict():>12}  {t.name}: {t.measured()}")
+    for note in data.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    summary, meta = data["summary"], data["meta"]
+    rows = [["target", "measured (best of runs)", "verdict", "how"]]
+    rows += [[t.name, t.measured(), t.verdict(), t.detail] for t in targets(summary, meta)]
+    agree = data.get("agreement", {})
+    parts = [
+        "# Benchmark results",
+        "",
+        "Generated by `python -m benchmarks.run` (see `docs/performance.md`); do not edit by hand.",
+        "The model is the **stand-in** (DINOv2 ViT-S/14 architecture, random weights): the",
+        "timings are those of the real architecture, the embeddings are meaningless.",
+        "",
+        "## Machine and conditions",
+        "",
+        *[f"- {k}: {v}" for k, v in meta.items()],
+        "",
+        "## Targets",
+        "",
+        md_table(rows),
+        "",
+        "## All measurements",
+        "",
+        md_table(table(summary, meta)),
+        "",
+    ]
+    if agree:
+        parts += ["## int8 agreement with fp32", ""]
+        parts += [f"- {name}: {json.dumps(v)}" for name, v in agree.items()]
+        parts += [""]
+    parts += [f"- {note}" for note in data.get("notes", [])]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str]) -> int:
+    data = json.loads(Path(argv[0]).read_text())
+    if len(argv) > 1:
+        Path(argv[1]).write_text(render_markdown(data))
+    print(render_text(data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,243 @@
+"""Run the benchmark suite: ``python -m benchmarks.run [--quick] [--write-results]``.
+
+Prints a table, writes ``benchmarks/out/results.json`` and, with
+``--write-results``, regenerates ``benchmarks/RESULTS.md``. Every measurement
+runs in its own process; the repetitions are interleaved so that load from
+other processes hits all rows alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import frontends, procs, report, suites
+from benchmarks.corpus import LARGE, SMALL, CorpusSpec, generate
+
+HERE = Path(__file__).resolve().parent
+SMOKE_LARGE = CorpusSpec("smoke-large", 3, (1024, 768), ("JPEG",), noise=12, exif_every=3)
+SMOKE_SMALL = CorpusSpec("smoke-small", 3, (320, 240), ("PNG", "JPEG", "WEBP"), noise=4)
+
+
+@dataclass(frozen=True)
+class Plan:
+    reps: int
+    large: CorpusSpec
+    small: CorpusSpec
+    large_count: int
+    small_count: int
+    burst: int
+    frontends: bool
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="1 repetition, 16 + 12 images, burst 48")
+    p.add_argument("--smoke", action="store_true", help="tiny model, 3 small images (for tests)")
+    p.add_argument("--reps", type=int, help="interleaved repetitions (default 3)")
+    p.add_argument("--large", type=int, help="12 MP JPEGs (default 64)")
+    p.add_argument("--small", type=int, help="~1 MP images (default 48)")
+    p.add_argument("--burst", type=int, help="images in the watcher burst (default 500)")
+    p.add_argument("--batch-size", type=int, default=16, help="engine batch size (default 16)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: dinoembed's)")
+    p.add_argument("--model", type=Path, help="fp32 model (default: the ViT-S/14 stand-in)")
+    p.add_argument(
+        "--agreement-model",
+        type=Path,
+        help="a real model (e.g. the DINOv2 ONNX file): report its int8 copy's agreement",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each measurement, wait up to this many seconds for other processes "
+        "to leave the CPUs idle (default 30; 0 = never wait)",
+    )
+    p.add_argument("--no-frontends", action="store_true", help="skip the watcher and Lambda rows")
+    p.add_argument("--out", type=Path, default=HERE / "out", help="work folder (git-ignored)")
+    p.add_argument(
+        "--write-results",
+        nargs="?",
+        const=HERE / "RESULTS.md",
+        type=Path,
+        metavar="PATH",
+        help="regenerate RESULTS.md (default: benchmarks/RESULTS.md)",
+    )
+    return p.parse_args(argv)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.smoke:
+        plan = Plan(1, SMOKE_LARGE, SMOKE_SMALL, 3, 3, 3, True)
+    elif args.quick:
+        plan = Plan(1, LARGE, SMALL, 16, 12, 48, True)
+    else:
+        plan = Plan(3, LARGE, SMALL, 64, 48, 500, True)
+    return Plan(
+        args.reps or plan.reps,
+        plan.large,
+        plan.small,
+        args.large or plan.large_count,
+        args.small or plan.small_count,
+        args.burst or plan.burst,
+        not args.no_frontends,
+    )
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def prepare_models(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    """The fp32 model (built once, cached under out/) and its int8 copy."""
+    model = args.model
+    if model is None:
+        model = out / ("tiny.onnx" if args.smoke else "standin-vits14.onnx")
+        if not model.exists():
+            log(f"building the stand-in model {model.name}")
+            tiny = ["--tiny"] if args.smoke else []
+            procs.run([*procs.dinoembed_command(), "model", "standin", str(model), *tiny])
+    return model, quantized(model, out)
+
+
+def quantized(model: Path, out: Path) -> Path:
+    int8 = out / f"{model.stem}-int8.onnx"
+    if not int8.exists() or int8.stat().st_mtime < model.stat().st_mtime:
+        log(f"quantising {model.name} -> {int8.name}")
+        procs.run([*procs.dinoembed_command(), "model", "quantize", str(model), str(int8)])
+    return int8
+
+
+def machine(plan: Plan, batch_size: int, model: Path) -> dict[str, Any]:
+    import numpy
+    import onnxruntime
+    import PIL
+
+    from dinoembed.engine import available_cpus
+
+    cpu = "unknown"
+    with Path("/proc/cpuinfo").open() as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "usable_cpus": available_cpus(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "pillow": PIL.__version__,
+        "numpy": numpy.__version__,
+        "model": model.name,
+        "batch_size": batch_size,
+        "repetitions": plan.reps,
+        "large_count": plan.large_count,
+        "small_count": plan.small_count,
+        "burst_count": plan.burst,
+        "load_average_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def one_rep(
+    rep: int,
+    plan: Plan,
+    bench: suites.Bench,
+    int8: Path,
+    corpora: dict[str, suites.Corpus],
+    s: suites.Samples,
+) -> None:
+    large, small = corpora["large"], corpora["small"]
+    batch = bench.batch_size
+    log(f"rep {rep + 1}/{plan.reps}: model only")
+    images = max(2 * batch, 32)
+    s.add("model_bN_ms", suites.model_only(bench, bench.model, batch, images, s))
+    s.add("model_b1_ms", suites.model_only(bench, bench.model, 1, 8, s))
+    s.add("int8_model_bN_ms", suites.model_only(bench, int8, batch, images, s))
+    log(f"rep {rep + 1}/{plan.reps}: 12 MP corpus")
+    suites.ours_e2e(bench, large, bench.model, s, "ours_large")
+    suites.seed_e2e(bench, large, s, "seed_large")
+    suites.ours_e2e(bench, large, int8, s, "int8_large")
+    log(f"rep {rep + 1}/{plan.reps}: ~1 MP corpus")
+    suites.ours_e2e(bench, small, bench.model, s, "ours_small")
+    suites.seed_e2e(bench, small, s, "seed_small")
+    suites.cold_floor(bench, s)
+    if plan.frontends:
+        work = bench.out / "frontends"
+        work.mkdir(parents=True, exist_ok=True)
+        log(f"rep {rep + 1}/{plan.reps}: watcher burst of {plan.burst}")
+        frontends.watcher_burst(bench, list(small.files), plan.burst, work, s)
+        log(f"rep {rep + 1}/{plan.reps}: Lambda SQS batch")
+        frontends.lambda_batch(bench, large, work, rep, s)
+
+
+def agreement(fp32: Path, int8: Path, files: list[Path]) -> dict[str, float]:
+    cmd = [procs.python(), "-m", "benchmarks.model_only", "agree", str(fp32), str(int8)]
+    result = procs.run([*cmd, *map(str, files)], procs.clean_env())
+    return dict(json.loads(result.stdout))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    plan = make_plan(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    if plan.frontends:
+        for row, modules in (("watcher", ("watcher.daemon",)), ("Lambda", ("handler.app", "moto"))):
+            if (name := frontends.missing(*modules)) is not None:
+                notes.append(f"{row} rows skipped: {name} is not importable")
+                plan = Plan(**{**plan.__dict__, "frontends": False})
+    model, int8 = prepare_models(args, out)
+    log("generating the corpora (cached after the first run)")
+    corpora = {
+        "large": suites.Corpus.make(
+            "large", generate(out / "corpus", plan.large, plan.large_count), out / "runs"
+        ),
+        "small": suites.Corpus.make(
+            "small", generate(out / "corpus", plan.small, plan.small_count), out / "runs"
+        ),
+    }
+    quiet = 0.0 if args.smoke else args.quiet_wait
+    bench = suites.Bench(model, out, args.batch_size, args.threads, quiet)
+    meta = machine(plan, args.batch_size, model)
+    samples = suites.Samples()
+    for rep in range(plan.reps):
+        one_rep(rep, plan, bench, int8, corpora, samples)
+    meta["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    others = samples.values.get("others_share", [0.0])
+    meta["other processes' share of the CPUs during the timed runs"] = (
+        f"median {statistics.median(others):.0%}, max {max(others):.0%}"
+    )
+    checked = list(corpora["large"].files[:16])
+    agree = {f"{model.name} vs its int8 copy (cosine)": agreement(model, int8, checked)}
+    if args.agreement_model:
+        agree[f"{args.agreement_model.name} vs its int8 copy (cosine)"] = agreement(
+            args.agreement_model, quantized(args.agreement_model, out), checked
+        )
+    notes.append("agreement on the real weights must be checked by the user: --agreement-model")
+    data = {
+        "meta": meta,
+        "summary": report.summarize(samples.values),
+        "agreement": agree,
+        "notes": notes,
+    }
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    print(report.render_text(data))
+    if args.write_results:
+        args.write_results.write_text(report.render_markdown(data))
+        log(f"wrote {args.write_results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

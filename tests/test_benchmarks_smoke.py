@@ -1,0 +1,79 @@
+"""The benchmark harness, run end to end on a few small images with the tiny model.
+
+This is the only part of ``benchmarks/`` that runs in CI: it proves that the
+suite still runs (every row, both front ends included) and that its reports are
+complete. It checks no timings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks import report
+from benchmarks.corpus import EXIF_ORIENTATION, CorpusSpec, generate
+from benchmarks.run import main
+from benchmarks.seed_pipeline import seed_preprocess
+
+TIMED_ROWS = {key for key, _, _ in report.ROWS} - {"torch_bN_ms"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_smoke_run_measures_every_row_and_writes_the_reports(tmp_path: Path) -> None:
+    # GIVEN the tiny model and three small images per corpus
+    results_md = tmp_path / "RESULTS.md"
+    # WHEN the whole suite runs once
+    code = main(["--smoke", "--out", str(tmp_path), "--write-results", str(results_md)])
+    # THEN every row has a number, the JSON and RESULTS.md are written
+    assert code == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert TIMED_ROWS - set(data["summary"]) == set()
+    for key in ("ours_large_cold_s", "floor_cold_s", "ours_large_rss_mb", "lambda_warm_s"):
+        assert data["summary"][key]["best"] > 0
+    assert data["meta"]["cpu"] and data["meta"]["date"]
+    agreement = next(iter(data["agreement"].values()))
+    assert agreement["images"] == 3 and 0.99 < agreement["min"] <= 1.0 + 1e-6
+    text = results_md.read_text()
+    for target in report.targets(data["summary"], data["meta"]):
+        assert target.name in text
+    assert "must be checked by the user" in text
+    # AND no sidecars are left behind in the folders the runs embedded
+    assert list((tmp_path / "runs").rglob("*.json")) == []
+
+
+def test_corpus_is_deterministic_and_phone_like(tmp_path: Path) -> None:
+    # GIVEN a small corpus recipe with every second image rotated by EXIF
+    spec = CorpusSpec("t", 4, (320, 240), ("JPEG", "PNG"), noise=8, exif_every=2)
+    # WHEN it is generated twice into different folders
+    first = generate(tmp_path / "a", spec)
+    second = generate(tmp_path / "b", spec)
+    # THEN the files are byte-identical, portrait every 4th, EXIF-rotated every 2nd
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    assert [p.suffix for p in first] == [".jpg", ".png", ".jpg", ".png"]
+    with Image.open(first[1]) as img:
+        assert img.getexif().get(EXIF_ORIENTATION) == 6
+        assert img.size == (240, 320)  # stored rotated: the tag turns it back to 320x240
+    with Image.open(first[3]) as img:
+        assert img.getexif().get(EXIF_ORIENTATION) == 6
+        assert img.size == (320, 240)  # a portrait image, stored rotated
+    # AND a second call reuses the files instead of writing them again
+    mtimes = [p.stat().st_mtime_ns for p in first]
+    generate(tmp_path / "a", spec)
+    assert [p.stat().st_mtime_ns for p in first] == mtimes
+
+
+def test_seed_baseline_squashes_with_bilinear_resampling(photos: dict[str, Image.Image]) -> None:
+    # GIVEN a wide photo  WHEN the seed pipeline's preprocessing runs
+    img = photos["rocket"]
+    tensor = seed_preprocess(img)
+    # THEN it is the whole image squashed to 224x224 (bilinear), normalised, NCHW
+    squashed = np.asarray(img.resize((224, 224), Image.Resampling.BILINEAR), dtype=np.float64)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = ((squashed / 255.0 - mean) / std).transpose(2, 0, 1)[None]
+    assert tensor.shape == (1, 3, 224, 224) and tensor.dtype == np.float32
+    np.testing.assert_allclose(tensor, expected, atol=1e-5)
