@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ class Outcome:
 
 
 _Prepared = tuple[NDArray[np.float32] | None, EmbeddingResult | DinoEmbedError | None, float]
+_Inferred = tuple[list[tuple["ImageItem", _Prepared]], NDArray[np.float32] | None, float]
 
 
 def float32_list(vector: NDArray[np.float32]) -> list[float]:
@@ -82,28 +84,45 @@ class Embedder:
         self.target = DecodeTarget(model.preprocess, model.input_size, reduce_jpeg)
 
     def embed(self, items: Iterable[ImageItem]) -> Iterator[Outcome]:
-        window = self.batch_size + 2 * self.decode_workers
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="dinoembed-decode") as pool:
-            pending: deque[tuple[ImageItem, Future[_Prepared]]] = deque()
-            ready: list[tuple[ImageItem, _Prepared]] = []
-            for item in items:
-                pending.append((item, pool.submit(self._prepare, item)))
-                while len(pending) >= window:
-                    yield from self._collect(pending.popleft(), ready)
-            while pending:
-                yield from self._collect(pending.popleft(), ready)
-            yield from self._flush(ready)
+        """Batch k+1 runs in the engine while the caller handles batch k's outcomes."""
+        with (
+            ThreadPoolExecutor(self.decode_workers, thread_name_prefix="dinoembed-decode") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="dinoembed-infer") as infer,
+        ):
+            previous: Future[_Inferred] | None = None
+            for batch in self._batches(pool, items):
+                current = infer.submit(self._infer, batch)
+                if previous is not None:
+                    yield from self._outcomes(previous.result())
+                previous = current
+            if previous is not None:
+                yield from self._outcomes(previous.result())
 
     def embed_one(self, item: ImageItem) -> Outcome:
         return next(iter(self.embed([item])))
 
-    def _collect(
-        self, entry: tuple[ImageItem, Future[_Prepared]], ready: list[tuple[ImageItem, _Prepared]]
-    ) -> Iterator[Outcome]:
-        item, future = entry
-        ready.append((item, future.result()))
-        if sum(1 for _, (tensor, _, _) in ready if tensor is not None) >= self.batch_size:
-            yield from self._flush(ready)
+    def _batches(
+        self, pool: ThreadPoolExecutor, items: Iterable[ImageItem]
+    ) -> Iterator[list[tuple[ImageItem, _Prepared]]]:
+        """Prepared inputs in order, cut after every ``batch_size`` decodable images.
+        At most a window of inputs is being decoded at any time."""
+        window = self.batch_size + 2 * self.decode_workers
+        pending: deque[tuple[ImageItem, Future[_Prepared]]] = deque()
+        ready: list[tuple[ImageItem, _Prepared]] = []
+        tensors = 0
+        for item in chain(items, [None]):
+            if item is not None:
+                pending.append((item, pool.submit(self._prepare, item)))
+            while pending and (len(pending) >= window or item is None):
+                done, future = pending.popleft()
+                prepared = future.result()
+                ready.append((done, prepared))
+                tensors += prepared[0] is not None
+                if tensors >= self.batch_size:
+                    yield ready
+                    ready, tensors = [], 0
+        if ready:
+            yield ready
 
     def _prepare(self, item: ImageItem) -> _Prepared:
         start = time.perf_counter()
@@ -124,11 +143,18 @@ class Embedder:
             log.exception("internal error while decoding %s", item.file_path)
             return None, self._error(item, f"internal error: {type(err).__name__}"), 0.0
 
-    def _flush(self, ready: list[tuple[ImageItem, _Prepared]]) -> Iterator[Outcome]:
+    def _infer(self, ready: list[tuple[ImageItem, _Prepared]]) -> _Inferred:
+        """On the inference thread: one engine run for the batch's decodable images."""
         tensors = [tensor for _, (tensor, _, _) in ready if tensor is not None]
+        if not tensors:
+            return ready, None, 0.0
         start = time.perf_counter()
-        vectors = self.engine.embed(np.stack(tensors)) if tensors else None
-        per_image = (time.perf_counter() - start) / max(1, len(tensors))
+        vectors = self.engine.embed(np.stack(tensors))
+        return ready, vectors, (time.perf_counter() - start) / len(tensors)
+
+    def _outcomes(self, inferred: _Inferred) -> Iterator[Outcome]:
+        """On the caller's thread (so building results overlaps the next engine run)."""
+        ready, vectors, per_image = inferred
         row = 0
         for item, (tensor, other, seconds) in ready:
             if tensor is not None and vectors is not None:
@@ -138,7 +164,6 @@ class Embedder:
                 yield Outcome(item, other, None, seconds)
             else:
                 yield Outcome(item, None, other, seconds)
-        ready.clear()
 
     def _success(self, item: ImageItem, vector: NDArray[np.float32]) -> EmbeddingResult:
         embedding = Embedding(
