@@ -95,6 +95,11 @@ def create_session(path: Path, threads: int | None = None) -> Session:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # The memory-pattern planner allocates one more block for the whole run on top of what
+    # the arena already holds from the first run: ~200 MB more peak RSS at batch 16, no speed.
+    options.enable_mem_pattern = False
+    # Decode threads share the cores with inference: idle ORT workers must sleep, not spin.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(
