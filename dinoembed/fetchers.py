@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dinoembed.errors import ModelUnavailableError
+
+if TYPE_CHECKING:  # httpx is imported when a download happens: not on every start
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,17 @@ class HttpFetcher:
     ) -> None:
         self.attempts = attempts
         self.backoff = backoff
-        self.timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self.timeout = timeout
         self.transport = transport
         self.sleep = sleep
 
     def fetch(self, url: str, out: Sink) -> None:
+        import httpx
+
         reason = "no attempt made"
-        with httpx.Client(
-            timeout=self.timeout, follow_redirects=True, transport=self.transport
-        ) as client:
+        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
+        client = httpx.Client(timeout=timeout, follow_redirects=True, transport=self.transport)
+        with client:
             for attempt in range(1, self.attempts + 1):
                 delay = self.backoff * 2 ** (attempt - 1)
                 out.seek(0)
