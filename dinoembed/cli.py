@@ -42,7 +42,7 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
         choices=["center-crop", "squash"],
         help="center-crop (DINOv2 reference, default) or squash",
     )
-    parser.add_argument("--batch-size", type=int, help="images per inference run (default 16)")
+    parser.add_argument("--batch-size", type=int, help="images per inference run (default 8)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: usable CPUs)")
 
 

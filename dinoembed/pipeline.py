@@ -70,7 +70,7 @@ class Embedder:
         model: ModelInfo,
         limits: DecodeLimits,
         *,
-        batch_size: int = 16,
+        batch_size: int = 8,
         decode_workers: int = 2,
         reduce_jpeg: bool = True,
     ) -> None:
