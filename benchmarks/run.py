@@ -47,7 +47,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--large", type=int, help="12 MP JPEGs (default 64)")
     p.add_argument("--small", type=int, help="~1 MP images (default 48)")
     p.add_argument("--burst", type=int, help="images in the watcher burst (default 500)")
-    p.add_argument("--batch-size", type=int, default=16, help="engine batch size (default 16)")
+    p.add_argument("--batch-size", type=int, help="engine batch size (default: dinoembed's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: dinoembed's)")
     p.add_argument("--model", type=Path, help="fp32 model (default: the ViT-S/14 stand-in)")
     p.add_argument(
@@ -150,6 +150,7 @@ def machine(plan: Plan, batch_size: int, model: Path) -> dict[str, Any]:
 
 def one_rep(
     rep: int,
+    sha256: str,
     plan: Plan,
     bench: suites.Bench,
     int8: Path,
@@ -171,6 +172,7 @@ def one_rep(
     suites.ours_e2e(bench, small, bench.model, s, "ours_small")
     suites.seed_e2e(bench, small, s, "seed_small")
     suites.cold_floor(bench, s)
+    suites.cold_cached(bench, sha256, large.files[0], s)
     if plan.frontends:
         work = bench.out / "frontends"
         work.mkdir(parents=True, exist_ok=True)
@@ -188,6 +190,10 @@ def agreement(fp32: Path, int8: Path, files: list[Path]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    if args.batch_size is None:
+        from dinoembed.settings import Settings
+
+        args.batch_size = Settings.model_fields["batch_size"].default
     plan = make_plan(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             if (name := frontends.missing(*modules)) is not None:
                 notes.append(f"{row} rows skipped: {name} is not importable")
                 plan = Plan(**{**plan.__dict__, "frontends": False})
+    if frontends.missing("torch", "timm") is not None:
+        notes.append("row 7 (PyTorch eager) skipped: torch and timm are not installed")
     model, int8 = prepare_models(args, out)
     log("generating the corpora (cached after the first run)")
     corpora = {
@@ -209,10 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     quiet = 0.0 if args.smoke else args.quiet_wait
     bench = suites.Bench(model, out, args.batch_size, args.threads, quiet)
+    sha256 = suites.seed_cache(model, out / "cache")
     meta = machine(plan, args.batch_size, model)
     samples = suites.Samples()
     for rep in range(plan.reps):
-        one_rep(rep, plan, bench, int8, corpora, samples)
+        one_rep(rep, sha256, plan, bench, int8, corpora, samples)
     meta["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     others = samples.values.get("others_share", [0.0])
     meta["other processes' share of the CPUs during the timed runs"] = (
