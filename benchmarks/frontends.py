@@ -165,9 +165,8 @@ def lambda_batch(bench: Bench, corpus: Corpus, work: Path, rep: int, s: Samples)
             event_path.write_text(json.dumps(_sqs_event("bench", objects)))
             events.append(event_path)
         result_path = work / "lambda-result.json"
-        start = time.time()
         cmd = [procs.python(), "-m", "benchmarks.lambda_invoke", str(result_path)]
-        bench.timed(cmd + [str(e) for e in events], s, env)
+        start = bench.timed(cmd + [str(e) for e in events], s, env).started_at
         report = json.loads(result_path.read_text())
         listed = client.list_objects_v2(Bucket="bench", Prefix=f"rep{rep}/")
         sidecars = [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(OUR_SUFFIX)]

@@ -37,6 +37,7 @@ def wait_for_quiet(max_wait: float = 60.0, threshold: float = 0.15, window: floa
 
 @dataclass(frozen=True, slots=True)
 class ProcResult:
+    started_at: float  # time.time() just before the process was started
     wall: float  # process start -> exit, seconds
     first_line: float | None  # process start -> first stdout line, seconds
     lines: int
@@ -71,6 +72,7 @@ def run(
     """Run ``cmd``, stamping the first stdout line; peak RSS comes from wait4's rusage."""
     with tempfile.TemporaryFile() as err:
         busy0, total0 = busy_seconds()
+        started_at = time.time()
         start = time.perf_counter()
         proc = subprocess.Popen(
             list(cmd), stdout=subprocess.PIPE, stderr=err, env=dict(env) if env else None
@@ -93,7 +95,8 @@ def run(
     rss = usage.ru_maxrss / 1024.0
     ours = usage.ru_utime + usage.ru_stime
     others = max(0.0, (busy1 - busy0 - ours) / max(total1 - total0, 1e-9))
-    result = ProcResult(wall, first, len(out), rss, others, proc.returncode, text, stderr)
+    code = proc.returncode
+    result = ProcResult(started_at, wall, first, len(out), rss, others, code, text, stderr)
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {stderr[-2000:]}")
     return result

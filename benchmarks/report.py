@@ -213,10 +213,23 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
+KEEP_MARKER = "<!-- written by hand below this line: kept when the file is regenerated -->"
+
+
+def write_markdown(data: dict[str, Any], path: Path) -> None:
+    """(Re)write ``path``; the hand-written analysis below KEEP_MARKER survives."""
+    kept = ""
+    if path.exists():
+        old = path.read_text()
+        if KEEP_MARKER in old:
+            kept = "\n" + KEEP_MARKER + old.split(KEEP_MARKER, 1)[1]
+    path.write_text(render_markdown(data) + kept)
+
+
 def main(argv: list[str]) -> int:
     data = json.loads(Path(argv[0]).read_text())
     if len(argv) > 1:
-        Path(argv[1]).write_text(render_markdown(data))
+        write_markdown(data, Path(argv[1]))
     print(render_text(data))
     return 0
 

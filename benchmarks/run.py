@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(data, indent=1))
     print(report.render_text(data))
     if args.write_results:
-        args.write_results.write_text(report.render_markdown(data))
+        report.write_markdown(data, args.write_results)
         log(f"wrote {args.write_results}")
     return 0
 

@@ -46,6 +46,20 @@ def test_smoke_run_measures_every_row_and_writes_the_reports(tmp_path: Path) -> 
     assert list((tmp_path / "runs").rglob("*.json")) == []
 
 
+def test_regenerated_results_keep_the_hand_written_analysis(tmp_path: Path) -> None:
+    # GIVEN a RESULTS.md with an analysis written below the marker
+    path = tmp_path / "RESULTS.md"
+    path.write_text(f"old table\n{report.KEEP_MARKER}\n## Analysis\nwhy\n")
+    data = {"meta": {"cpu": "x"}, "summary": report.summarize({"model_bN_ms": [2.0, 1.0]})}
+    # WHEN it is regenerated from new results
+    report.write_markdown(data, path)
+    # THEN the tables are new and the analysis is still there, once
+    text = path.read_text()
+    assert "old table" not in text
+    assert "| 1. model only, fp32, batch ? (the floor) | 1 | 1.5 | ms/img |" in text
+    assert text.count(report.KEEP_MARKER) == 1 and text.endswith("## Analysis\nwhy\n")
+
+
 def test_corpus_is_deterministic_and_phone_like(tmp_path: Path) -> None:
     # GIVEN a small corpus recipe with every second image rotated by EXIF
     spec = CorpusSpec("t", 4, (320, 240), ("JPEG", "PNG"), noise=8, exif_every=2)
