@@ -230,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     checked = list(corpora["large"].files[:16])
     agree = {f"{model.name} vs its int8 copy (cosine)": agreement(model, int8, checked)}
     if args.agreement_model:
-        agree[f"{args.agreement_model.name} vs its int8 copy (cosine)"] = agreement(
-            args.agreement_model, quantized(args.agreement_model, out), checked
+        given = args.agreement_model
+        agree[f"--agreement-model {given.name} vs its int8 copy (cosine)"] = agreement(
+            given, quantized(given, out), checked
         )
     notes.append("agreement on the real weights must be checked by the user: --agreement-model")
     data = {
