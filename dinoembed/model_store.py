@@ -124,15 +124,30 @@ class ModelStore:
     def _local(self, source: ModelSource, path: Path) -> ResolvedModel:
         if not path.is_file():
             raise ConfigError(f"model file not found: {path} (check DINOEMBED_MODEL_PATH)")
-        digest = sha256_file(path)
+        digest = self._local_digest(path)
         if source.verify_path and digest != source.sha256:
             raise ModelIntegrityError(
                 f"model file {path} has sha256 {digest}, expected {source.sha256}"
             )
         return ResolvedModel(path, digest, source.name, "path")
 
+    def _local_digest(self, path: Path) -> str:
+        """sha256 of a local model, remembered in the cache folder by file identity, so a
+        process start (a Lambda cold start with a bundled model) need not rehash 87 MB."""
+        stat = path.stat()
+        memo = self.cache_dir / "hashes" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+        with contextlib.suppress(OSError, ValueError):
+            digest, identity = memo.read_text().split(" ", 1)
+            if identity == _identity(stat):
+                return digest
+        digest = sha256_file(path)
+        with contextlib.suppress(OSError):  # a read-only cache only costs the rehash
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            _write_small(memo, f"{digest} {_identity(stat)}")
+        return digest
+
     def _cached_ok(self, path: Path, source: ModelSource) -> bool:
-        """True when ``path`` is the verified model. A stamp records (size, mtime) after a
+        """True when ``path`` is the verified model. A stamp records its identity after a
         full hash, so a warm start need not rehash 86 MB; a changed file is rehashed."""
         try:
             stat = path.stat()
@@ -142,7 +157,7 @@ class ModelStore:
             log.warning("cached model %s has the wrong size; fetching it again", path.name)
             return False
         stamp = path.with_name(path.name + ".verified")
-        expected_stamp = f"{source.sha256} {stat.st_size} {stat.st_mtime_ns}"
+        expected_stamp = f"{source.sha256} {_identity(stat)}"
         with contextlib.suppress(OSError):
             if stamp.read_text() == expected_stamp:
                 return True
@@ -198,10 +213,9 @@ class ModelStore:
                     ) from err
             self._verify(writer, source)
             tmp.replace(final)
-            stat = final.stat()
             _write_small(
                 final.with_name(final.name + ".verified"),
-                f"{source.sha256} {stat.st_size} {stat.st_mtime_ns}",
+                f"{source.sha256} {_identity(final.stat())}",
             )
         finally:
             tmp.unlink(missing_ok=True)
@@ -218,6 +232,11 @@ class ModelStore:
             raise ModelIntegrityError(
                 f"downloaded model from {source.url} has sha256 {digest}, expected {source.sha256}"
             )
+
+
+def _identity(stat: os.stat_result) -> str:
+    """What changes whenever a file's content may have: size, mtime, ctime, inode."""
+    return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ctime_ns} {stat.st_ino}"
 
 
 def _write_small(path: Path, text: str) -> None:

@@ -242,3 +242,32 @@ def test_s3_model_url_is_fetched_with_the_given_client(tmp_path: Path) -> None:
             ModelStore(tmp_path / "other", fetchers=default_fetchers(s3)).resolve(
                 _source("s3://models/missing.onnx")
             )
+
+
+def test_local_model_hash_is_remembered_until_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a local model resolved once (hashed and remembered in the cache folder)
+    import dinoembed.model_store as model_store
+
+    model = tmp_path / "model.onnx"
+    model.write_bytes(BODY)
+    store = _store(tmp_path / "cache")
+    source = ModelSource.from_settings(Settings(model_path=model))
+    assert store.resolve(source).sha256 == SHA
+    hashed: list[Path] = []
+    real = model_store.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(model_store, "sha256_file", counting)
+    # WHEN it is resolved again unchanged THEN it is not rehashed
+    assert store.resolve(source).sha256 == SHA and hashed == []
+    # WHEN its bytes change (same size) THEN it is rehashed and the new digest reported
+    changed = bytearray(BODY)
+    changed[0] ^= 0xFF
+    model.write_bytes(bytes(changed))
+    assert store.resolve(source).sha256 == hashlib.sha256(changed).hexdigest()
+    assert hashed == [model]
