@@ -131,17 +131,17 @@ class Embedder:
             tensor = preprocess(img, self.model.preprocess, self.model.input_size)
             return tensor, None, time.perf_counter() - start
         except ImageError as err:
-            return None, self._error(item, str(err)), time.perf_counter() - start
+            return None, self.error_result(item, str(err)), time.perf_counter() - start
         except DinoEmbedError as err:
             return None, err, time.perf_counter() - start
         except FileNotFoundError:
-            return None, self._error(item, "file not found"), time.perf_counter() - start
+            return None, self.error_result(item, "file not found"), time.perf_counter() - start
         except OSError as err:
             reason = err.strerror or type(err).__name__
-            return None, self._error(item, f"cannot read file: {reason}"), 0.0
+            return None, self.error_result(item, f"cannot read file: {reason}"), 0.0
         except Exception as err:
             log.exception("internal error while decoding %s", item.file_path)
-            return None, self._error(item, f"internal error: {type(err).__name__}"), 0.0
+            return None, self.error_result(item, f"internal error: {type(err).__name__}"), 0.0
 
     def _infer(self, ready: list[tuple[ImageItem, _Prepared]]) -> _Inferred:
         """On the inference thread: one engine run for the batch's decodable images."""
@@ -180,9 +180,6 @@ class Embedder:
         )
 
     def error_result(self, item: ImageItem, message: str) -> EmbeddingResult:
-        return self._error(item, message)
-
-    def _error(self, item: ImageItem, message: str) -> EmbeddingResult:
         return EmbeddingResult(
             file_path=item.file_path,
             status="error",
