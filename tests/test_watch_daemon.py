@@ -362,8 +362,13 @@ def test_burst_of_1000_images_is_fully_processed(
 
 
 def test_up_to_date_tree_is_left_alone_on_restart(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    root: Path,
+    tiny_model: Path,
+    embedder: Embedder,
+    photos: dict[str, Image.Image],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="watcher")
     images = [save_photo(photos[n], root / f"{n}.jpg") for n in ("rocket", "coffee", "flower")]
     with running(watch_settings(tiny_model), root, embedder):
         assert wait_for(lambda: all(has_sidecar(p)() for p in images))
@@ -375,10 +380,12 @@ def test_up_to_date_tree_is_left_alone_on_restart(
         time.sleep(1.0)
         assert daemon.worker is not None
         embedded = daemon.worker.stats.embedded
-    # THEN no sidecar was rewritten
+    # THEN no sidecar was rewritten, and the final summary counts them as up to date
     assert embedded == 0
     assert {p: sidecar_of(p).stat().st_mtime_ns for p in images} == stamps
     assert {p: sidecar_of(p).read_bytes() for p in images} == contents
+    final = [m for r in caplog.records if (m := r.getMessage()).startswith("stopped: ")]
+    assert final[-1].startswith("stopped: 0 embedded, 0 errors, 3 up to date")
 
 
 def test_copy_of_tree_elsewhere_has_sidecars_repointed(

@@ -106,6 +106,7 @@ class WatchDaemon:
         self._lost_events = threading.Event()
         self._scan_lock = threading.Lock()
         self._scan_requests: list[Path] = []
+        self._scanned_current = 0  # images scans found up to date (the worker counts its own)
         self.worker: Worker | None = None
         self.exit_code = 0
         self._last_summary = (time.monotonic(), 0)  # (when, images done) at the last summary
@@ -182,7 +183,7 @@ class WatchDaemon:
         parts.worker.on_done = parts.scanner.on_current = backlog.advance
         if backlog.shown:  # per-image lines would break the progress line
             parts.worker.success_level = logging.DEBUG
-        _log_scan(parts.scanner.scan(self.root), "initial scan")
+        self._scanned_current += _log_scan(parts.scanner.scan(self.root), "initial scan")
         self.ready.set()
         if once:
             self._wait_idle(parts.worker)
@@ -211,14 +212,17 @@ class WatchDaemon:
                 return
             for folder in self._pop_scan_requests():
                 if folder.is_dir() and scanner.sidecars.folder_inside_root(folder):
-                    _log_scan(scanner.scan(folder), f"new folder {folder}", logging.DEBUG)
+                    report = scanner.scan(folder)
+                    self._scanned_current += _log_scan(
+                        report, f"new folder {folder}", logging.DEBUG
+                    )
             now = time.monotonic()
             lost = queue.pop_overflowed() or self._lost_events.is_set()
             if lost or (rescan_every > 0 and now >= next_rescan):
                 self._lost_events.clear()
                 if lost:
                     log.warning("events were lost (queue overflow); rescanning %s", self.root)
-                _log_scan(scanner.scan(self.root), "rescan")
+                _log_scan(scanner.scan(self.root), "rescan")  # finds the same images again
                 next_rescan = time.monotonic() + rescan_every
             if now >= next_summary:
                 self._summary(worker, queue)
@@ -241,14 +245,15 @@ class WatchDaemon:
             "stopped" if final else "summary",
             stats.embedded,
             stats.errors,
-            stats.skipped,
+            stats.skipped + self._scanned_current,
             stats.removed,
             (done - done_before) / max(now - since, 1e-9),
             len(queue),
         )
 
 
-def _log_scan(report: ScanReport, what: str, level: int = logging.INFO) -> None:
+def _log_scan(report: ScanReport, what: str, level: int = logging.INFO) -> int:
+    """Log a scan's report; returns how many images it found up to date."""
     log.log(
         level,
         "%s: %d images, %d queued, %d up to date, %d orphaned sidecars removed",
@@ -258,6 +263,7 @@ def _log_scan(report: ScanReport, what: str, level: int = logging.INFO) -> None:
         report.current,
         report.orphans_removed,
     )
+    return report.current
 
 
 class Backlog:
