@@ -18,6 +18,7 @@ from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableE
 from dinoembed.fetchers import HttpFetcher, default_fetchers
 from dinoembed.model_store import HashingWriter, ModelSource, ModelStore
 from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, Settings
+from tests.helpers import tmpfs
 from tests.model_server import Script, serve
 
 pytestmark = pytest.mark.reliability("model-fetch faults")
@@ -151,19 +152,8 @@ def test_stalled_body_every_time_is_a_clean_transient_error(tmp_path: Path) -> N
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 200 KiB tmpfs: the cache folder fills up halfway through the 300 KB model."""
-    mount = tmp_path / "tiny-disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "tiny-disk", "200k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_disk_full_in_the_cache_is_a_clean_error_and_leaves_nothing(

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from dinoembed.settings import Settings
 from handler import app
 from handler.observability import make_logger, make_metrics
 from handler.s3io import make_client
-from tests.helpers import encode
+from tests.helpers import encode, tmpfs
 from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, load_event, mocked_s3
 
 if TYPE_CHECKING:
@@ -530,19 +529,8 @@ MODEL_KEY = "models/tiny.onnx"
 @pytest.fixture
 def tiny_tmp(tmp_path: Path) -> Iterator[Path]:
     """A 64 KiB tmpfs standing in for the execution environment's /tmp."""
-    mount = tmp_path / "tmp"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "tmp", "64k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 @pytest.fixture
