@@ -126,22 +126,28 @@ class Embedder:
 
     def _prepare(self, item: ImageItem) -> _Prepared:
         start = time.perf_counter()
+        tensor, other = self._tensor_or_failure(item)
+        return tensor, other, time.perf_counter() - start
+
+    def _tensor_or_failure(
+        self, item: ImageItem
+    ) -> tuple[NDArray[np.float32] | None, EmbeddingResult | DinoEmbedError | None]:
+        """The model input for ``item``, or the error result / adapter failure instead."""
         try:
             img = decode(item.load(), self.limits, self.target)
-            tensor = preprocess(img, self.model.preprocess, self.model.input_size)
-            return tensor, None, time.perf_counter() - start
+            return preprocess(img, self.model.preprocess, self.model.input_size), None
         except ImageError as err:
-            return None, self.error_result(item, str(err)), time.perf_counter() - start
+            return None, self.error_result(item, str(err))
         except DinoEmbedError as err:
-            return None, err, time.perf_counter() - start
+            return None, err
         except FileNotFoundError:
-            return None, self.error_result(item, "file not found"), time.perf_counter() - start
+            return None, self.error_result(item, "file not found")
         except OSError as err:
             reason = err.strerror or type(err).__name__
-            return None, self.error_result(item, f"cannot read file: {reason}"), 0.0
-        except Exception as err:
+            return None, self.error_result(item, f"cannot read file: {reason}")
+        except Exception as err:  # one bad file must not sink the batch; logged as a bug
             log.exception("internal error while decoding %s", item.file_path)
-            return None, self.error_result(item, f"internal error: {type(err).__name__}"), 0.0
+            return None, self.error_result(item, f"internal error: {type(err).__name__}")
 
     def _infer(self, ready: list[tuple[ImageItem, _Prepared]]) -> _Inferred:
         """On the inference thread: one engine run for the batch's decodable images."""
