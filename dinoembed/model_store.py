@@ -124,48 +124,47 @@ class ModelStore:
     def _local(self, source: ModelSource, path: Path) -> ResolvedModel:
         if not path.is_file():
             raise ConfigError(f"model file not found: {path} (check DINOEMBED_MODEL_PATH)")
-        digest = self._local_digest(path)
+        digest = self._digest(path)
         if source.verify_path and digest != source.sha256:
             raise ModelIntegrityError(
                 f"model file {path} has sha256 {digest}, expected {source.sha256}"
             )
         return ResolvedModel(path, digest, source.name, "path")
 
-    def _local_digest(self, path: Path) -> str:
-        """sha256 of a local model, remembered in the cache folder by file identity, so a
-        process start (a Lambda cold start with a bundled model) need not rehash 87 MB."""
-        stat = path.stat()
-        memo = self.cache_dir / "hashes" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    def _digest(self, path: Path) -> str:
+        """sha256 of a model file, remembered in ``<cache>/hashes`` by file identity, so a
+        process start (a Lambda cold start, a warm cache) need not rehash 87 MB; a file
+        whose size, mtime, ctime or inode changed is hashed again."""
+        stat = path.stat()  # before hashing: a file changed meanwhile is not remembered
         with contextlib.suppress(OSError, ValueError):
-            digest, identity = memo.read_text().split(" ", 1)
+            digest, identity = self._memo(path).read_text().split(" ", 1)
             if identity == _identity(stat):
                 return digest
         digest = sha256_file(path)
-        with contextlib.suppress(OSError):  # a read-only cache only costs the rehash
-            memo.parent.mkdir(parents=True, exist_ok=True)
-            _write_small(memo, f"{digest} {_identity(stat)}")
+        self._remember(path, digest, stat)
         return digest
 
+    def _remember(self, path: Path, digest: str, stat: os.stat_result) -> None:
+        memo = self._memo(path)
+        with contextlib.suppress(OSError):  # a read-only cache only costs a rehash next time
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            _write_small(memo, f"{digest} {_identity(stat)}")
+
+    def _memo(self, path: Path) -> Path:
+        return self.cache_dir / "hashes" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+
     def _cached_ok(self, path: Path, source: ModelSource) -> bool:
-        """True when ``path`` is the verified model. A stamp records its identity after a
-        full hash, so a warm start need not rehash 86 MB; a changed file is rehashed."""
+        """True when ``path`` is the verified model (size, then sha256); never trusts a mismatch."""
         try:
-            stat = path.stat()
+            size = path.stat().st_size
         except FileNotFoundError:
             return False
-        if source.size is not None and stat.st_size != source.size:
+        if source.size is not None and size != source.size:
             log.warning("cached model %s has the wrong size; fetching it again", path.name)
             return False
-        stamp = path.with_name(path.name + ".verified")
-        expected_stamp = f"{source.sha256} {_identity(stat)}"
-        with contextlib.suppress(OSError):
-            if stamp.read_text() == expected_stamp:
-                return True
-        if sha256_file(path) != source.sha256:
+        if self._digest(path) != source.sha256:
             log.warning("cached model %s fails its sha256 check; fetching it again", path.name)
             return False
-        with contextlib.suppress(OSError):
-            _write_small(stamp, expected_stamp)
         return True
 
     def _download(self, source: ModelSource) -> ResolvedModel:
@@ -189,9 +188,7 @@ class ModelStore:
         for leftover in final.parent.glob(f".{source.sha256}.*.part"):
             log.info("removing stale partial download %s", leftover.name)
             leftover.unlink(missing_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            final.unlink()
-        final.with_name(final.name + ".verified").unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
 
     def _fetch_verified(self, source: ModelSource, final: Path) -> None:
         fetcher = fetcher_for(source.url, self.fetchers)
@@ -213,10 +210,7 @@ class ModelStore:
                     ) from err
             self._verify(writer, source)
             tmp.replace(final)
-            _write_small(
-                final.with_name(final.name + ".verified"),
-                f"{source.sha256} {_identity(final.stat())}",
-            )
+            self._remember(final, source.sha256, final.stat())  # hashed while streaming
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -132,7 +132,7 @@ def test_stale_partial_file_from_a_killed_process_is_removed(tmp_path: Path) -> 
     with serve(Script(BODY)) as url:
         _store(tmp_path).resolve(_source(url))
     assert not stale.exists()
-    assert _leftovers(tmp_path) == [f"{SHA}.onnx", f"{SHA}.onnx.verified"]
+    assert sorted(p.name for p in models.iterdir() if p.suffix != ".lock") == [f"{SHA}.onnx"]
 
 
 def test_stalled_body_times_out_and_is_retried(tmp_path: Path) -> None:
@@ -261,3 +261,22 @@ def test_local_model_hash_is_remembered_until_the_file_changes(
     model.write_bytes(bytes(changed))
     assert store.resolve(source).sha256 == hashlib.sha256(changed).hexdigest()
     assert hashed == [model]
+
+
+def test_downloaded_model_is_not_rehashed_on_later_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dinoembed.model_store as model_store
+
+    with serve(Script(BODY)) as url:
+        _store(tmp_path).resolve(_source(url))  # hashed while streaming
+        hashed: list[Path] = []
+        real = model_store.sha256_file
+
+        def counting(path: Path) -> str:
+            hashed.append(path)
+            return real(path)
+
+        monkeypatch.setattr(model_store, "sha256_file", counting)
+        again = _store(tmp_path).resolve(_source(url))
+    assert again.origin == "cache" and hashed == []

@@ -603,6 +603,5 @@ def test_partial_download_left_by_a_killed_invocation_is_cleaned_up(
     assert response["embedded"] == len(images)
     assert sorted(p.name for p in models.iterdir() if p.suffix != ".lock") == [
         f"{source['model_sha256']}.onnx",
-        f"{source['model_sha256']}.onnx.verified",
     ]
     assert embedded(s3) == set(images)
