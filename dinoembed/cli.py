@@ -172,13 +172,13 @@ def _model_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.model_command == "quantize":
         return _quantize(args.source, args.out)
     if args.model_command == "standin":
-        from dinoembed.standin import VIT_S14, VitConfig, build_tiny, build_vit
+        from dinoembed.standin import VitConfig, build_tiny, build_vit
 
         seed = getattr(args, "seed", 0)
         if getattr(args, "tiny", False):
             build_tiny(args.out, seed=seed)
         else:
-            build_vit(args.out, VitConfig(seed=seed) if seed else VIT_S14)
+            build_vit(args.out, VitConfig(seed=seed))
         print(
             json.dumps(
                 {
