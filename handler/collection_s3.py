@@ -31,7 +31,8 @@ from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects, client_config, map_error
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Embedder
-from dinoembed.results import EmbeddingResult, is_sidecar, sidecar_name, utc_now
+from dinoembed.results import EmbeddingResult, utc_now
+from dinoembed.sidecars import is_sidecar, sidecar_name
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def stale_images(
     recorded: dict[str, tuple[str | None, str, str]] = {}
     for key, data in read_objects(client, bucket, to_check):
         try:
-            result = EmbeddingResult.model_validate_json(data or b"")
+            result = EmbeddingResult.read_json(data or b"")
         except ValueError:
             continue
         recorded[key] = (result.source.etag, result.model.sha256, result.model.preprocess)
