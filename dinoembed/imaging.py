@@ -7,6 +7,7 @@ bug.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
@@ -105,26 +106,69 @@ def check_byte_size(size: int, limits: DecodeLimits) -> None:
         raise NotAnImageError("not an image: the file is empty")
 
 
-def decode(
-    source: bytes | Path, limits: DecodeLimits, target: DecodeTarget | None = None
-) -> Image.Image:
-    """Untrusted bytes or a file -> a loaded RGB image, oriented per EXIF, first frame."""
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded image and what is known of the original: its size after EXIF
+    orientation (before any reduced-scale decoding) and the sha256 of its bytes."""
+
+    image: Image.Image
+    width: int
+    height: int
+    sha256: str | None
+
+
+Source = bytes | Path | Image.Image
+
+
+def decode_image(
+    source: Source, limits: DecodeLimits, target: DecodeTarget | None = None
+) -> Decoded:
+    """Untrusted bytes, a file or a PIL image -> a loaded RGB image, oriented per EXIF,
+    first frame; the bytes of a file are read once, for both hashing and decoding."""
+    if isinstance(source, Image.Image):
+        return _from_pil(source, limits)
     if isinstance(source, Path):
         check_byte_size(source.stat().st_size, limits)
-        with source.open("rb") as fh:
-            return _decode_stream(fh, limits, target)
+        source = source.read_bytes()
     check_byte_size(len(source), limits)
-    return _decode_stream(io.BytesIO(source), limits, target)
+    digest = hashlib.sha256(source).hexdigest()
+    image, (width, height) = _decode_stream(io.BytesIO(source), limits, target)
+    return Decoded(image, width, height, digest)
 
 
-def _decode_stream(fh: BinaryIO, limits: DecodeLimits, target: DecodeTarget | None) -> Image.Image:
+def decode(source: Source, limits: DecodeLimits, target: DecodeTarget | None = None) -> Image.Image:
+    """:func:`decode_image`, the image only."""
+    return decode_image(source, limits, target).image
+
+
+def _from_pil(img: Image.Image, limits: DecodeLimits) -> Decoded:
+    """An image already in memory (the Python API): limits, first frame, orientation, RGB."""
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"image too large: {width}x{height} exceeds {limits.max_pixels} pixels"
+        )
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    oriented = to_rgb(_orient(img))
+    return Decoded(oriented, oriented.width, oriented.height, None)
+
+
+def _decode_stream(
+    fh: BinaryIO, limits: DecodeLimits, target: DecodeTarget | None
+) -> tuple[Image.Image, tuple[int, int]]:
     head = fh.read(512)
     fh.seek(0)
     img = _open(fh, head, limits)
+    full = img.size
     if target is not None and target.reduce and img.format in ("JPEG", "MPO"):
         img.draft(None, min_decode_size(img.width, img.height, target.mode, target.input_size))
     _load(img, limits)
-    return to_rgb(_orient(img))
+    loaded = img.size
+    oriented = _orient(img)
+    if oriented.size != loaded:  # rotated by 90 degrees: the original's sides swap too
+        full = (full[1], full[0])
+    return to_rgb(oriented), full
 
 
 def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:

@@ -29,7 +29,7 @@ from dinoembed.handler.observability import Tally, make_logger, make_metrics, pu
 from dinoembed.handler.process import Processor, Report
 from dinoembed.handler.s3io import S3Objects, make_client
 from dinoembed.model_store import ModelStore
-from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,16 +43,16 @@ class Runtime:
     s3_client: Any
     logger: Logger
     metrics: Metrics
-    _embedder: Embedder | None = None
+    _embedder: Pipeline | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     model_loads: int = 0
 
-    def embedder(self) -> Embedder:
+    def embedder(self) -> Pipeline:
         """The pipeline, built on first use (the model download happens here, once)."""
         with self._lock:
             if self._embedder is None:
                 store = ModelStore(self.settings.cache_dir, fetchers_with_s3(self.s3_client))
-                self._embedder = build_embedder(self.settings, store=store)
+                self._embedder = build_pipeline(self.settings, store=store)
                 self.model_loads += 1
             return self._embedder
 

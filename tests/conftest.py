@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
 from dinoembed.standin import build_tiny
 
@@ -56,8 +56,8 @@ def tiny_settings(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def embedder(tiny_settings: Settings) -> Embedder:
-    return build_embedder(tiny_settings)
+def embedder(tiny_settings: Settings) -> Pipeline:
+    return build_pipeline(tiny_settings)
 
 
 def sample_photos() -> dict[str, Image.Image]:

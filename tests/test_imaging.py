@@ -16,7 +16,7 @@ from dinoembed.errors import (
     UnsupportedFormatError,
 )
 from dinoembed.imaging import DecodeLimits, decode
-from dinoembed.pipeline import Embedder, ImageItem
+from dinoembed.pipeline import ImageItem, Pipeline
 from tests.helpers import encode, png_bomb
 
 LIMITS = DecodeLimits(max_pixels=89_478_485, max_bytes=64 << 20)
@@ -59,7 +59,7 @@ def test_exif_orientation_gives_the_displayed_image(
 
 @pytest.mark.parametrize("orientation", range(2, 9))
 def test_exif_orientation_embedding_matches_transposed_jpeg(
-    photos: dict[str, Image.Image], embedder: Embedder, orientation: int
+    photos: dict[str, Image.Image], embedder: Pipeline, orientation: int
 ) -> None:
     display = photos["astronaut"].resize((320, 240))
     tagged = _with_orientation(display, orientation, "JPEG")

@@ -27,7 +27,7 @@ from PIL import Image
 
 from dinoembed.atomic import is_temp_file
 from dinoembed.local import local_item
-from dinoembed.pipeline import Embedder, ImageItem, Outcome
+from dinoembed.pipeline import ImageItem, Outcome, Pipeline
 from dinoembed.sidecars import read_sidecar
 from tests.reliability_plugin import tried
 from tests.test_watch_support import (
@@ -106,7 +106,7 @@ def temp_files(folder: Path) -> list[Path]:
     return [Path(e.path) for e in os.scandir(folder) if is_temp_file(e.name)]
 
 
-def assert_complete(images: list[Path], reference: Embedder | None = None) -> None:
+def assert_complete(images: list[Path], reference: Pipeline | None = None) -> None:
     """Exactly one valid sidecar per image (success, naming the image), nothing else."""
     folder = images[0].parent
     assert sidecars_in(folder) == sorted(sidecar_of(p) for p in images)
@@ -162,7 +162,7 @@ def kill_9(
 
 
 def test_kill_9_mid_batch_and_mid_write_then_restart_completes_every_sidecar(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder, spawn: list[subprocess.Popen[bytes]]
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline, spawn: list[subprocess.Popen[bytes]]
 ) -> None:
     # GIVEN a backlog of 120 images and a daemon on a slow disk
     folder = tmp_path / "in"
@@ -221,7 +221,7 @@ def test_sigkill_while_new_files_arrive_loses_none_after_restart(
 
 
 def test_file_deleted_between_event_and_read_is_skipped_and_the_daemon_lives(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, embedder: Embedder
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, embedder: Pipeline
 ) -> None:
     # GIVEN a daemon whose worker is about to read a file when it is deleted
     folder = tmp_path / "in"
@@ -253,7 +253,7 @@ def test_file_deleted_between_event_and_read_is_skipped_and_the_daemon_lives(
 
 
 def test_files_deleted_right_after_they_appear_leave_nothing(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline
 ) -> None:
     # GIVEN a watching daemon; WHEN 40 files are created and deleted at once, 10 kept
     folder = tmp_path / "in"
@@ -386,7 +386,7 @@ def test_symlink_loops_and_escapes_at_start_are_skipped(
 
 
 def test_symlink_loops_and_escapes_arriving_while_watching_are_skipped(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN a watching daemon over an empty folder
     root, outside = tmp_path / "root", tmp_path / "outside"

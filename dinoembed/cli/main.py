@@ -163,7 +163,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             settings,
             args.directory,
             once=getattr(args, "once", False),
-            embedder=lambda: wiring.embedder(settings),
+            embedder=lambda: wiring.pipeline(settings),
         )
     if args.command == "model":
         from dinoembed.cli.model import run_model
