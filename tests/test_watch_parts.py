@@ -290,7 +290,7 @@ def test_per_image_log_lines(
     save_photo(photos["coffee"], tmp_path / "a.jpg")
     (tmp_path / "b.jpg").write_bytes(b"junk")
     caplog.set_level(logging.INFO, logger="dinoembed.watcher")
-    run_once(watch_settings(tiny_model), tmp_path, embedder)
+    run_once(watch_settings(tiny_model), tmp_path, embedder, expect=1)  # b.jpg failed
     lines = [r.getMessage() for r in caplog.records if r.name == "dinoembed.watcher.worker"]
     assert any(m.startswith(f"{tmp_path / 'a.jpg'} success ") and " ms" in m for m in lines)
     assert any(m.startswith(f"{tmp_path / 'b.jpg'} error ") for m in lines)

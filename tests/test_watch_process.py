@@ -103,7 +103,7 @@ def test_sigterm_during_a_backlog_finishes_the_batch_in_progress(
     assert stray_files(folder) == []
 
 
-def test_once_exits_0_after_the_backlog(
+def test_once_exits_1_after_a_backlog_with_a_bad_image(
     tmp_path: Path, tiny_model: Path, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN a folder tree with images and one bad file
@@ -114,8 +114,9 @@ def test_once_exits_0_after_the_backlog(
     done = subprocess.run(
         watch_command(folder, tiny_model, "--once"), capture_output=True, timeout=120, check=False
     )
-    # THEN it exits 0 with every sidecar written (the bad file's is an error result)
-    assert done.returncode == 0, done.stderr.decode()
+    # THEN every sidecar is written (the bad file's is an error result) and it exits 1,
+    # because one image failed
+    assert done.returncode == 1, done.stderr.decode()
     assert all(has_sidecar(p)() for p in images)
     bad = read_sidecar(sidecar_of(folder / "bad.jpg"))
     assert bad is not None and bad.status == "error"

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 SUMMARY_SECONDS = 60.0
 TICK_SECONDS = 1.0
 EXIT_ROOT_GONE = 1
+EXIT_FAILED = 1  # --once: an image failed, must be retried, or its sidecar was not written
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"
 
 
@@ -140,6 +141,8 @@ class WatchDaemon:
             parts.worker.stop()
             parts.worker.join()
             self._summary(parts.worker, parts.queue, final=True)
+        if once and self.exit_code == 0 and parts.worker.stats.troubled:
+            self.exit_code = EXIT_FAILED
         return self.exit_code
 
     def _assemble(self, embedder: Pipeline) -> _Parts:
@@ -235,13 +238,15 @@ class WatchDaemon:
         since, done_before = (stats.started, 0) if final else self._last_summary
         self._last_summary = (now, done)
         log.info(
-            "%s: %d embedded, %d errors, %d up to date, %d sidecars removed; "
-            "%.2f images/s, queue depth %d",
+            "%s: %d embedded, %d errors, %d up to date, %d sidecars removed, "
+            "%d sidecars not written, %d to retry; %.2f images/s, queue depth %d",
             "stopped" if final else "summary",
             stats.embedded,
             stats.errors,
             stats.skipped + self._scanned_current,
             stats.removed,
+            stats.write_failures,
+            len(stats.retrying),
             (done - done_before) / max(now - since, 1e-9),
             len(queue),
         )

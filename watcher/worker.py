@@ -36,10 +36,23 @@ class Stats:
     """Counters since start (written by the worker thread only)."""
 
     embedded: int = 0
-    errors: int = 0
     skipped: int = 0
     removed: int = 0
+    write_failures: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Files, not attempts: a file that fails again and again is one error until it succeeds.
+    failed: set[Path] = field(default_factory=set)
+    retrying: set[Path] = field(default_factory=set)
+
+    @property
+    def errors(self) -> int:
+        """Files whose latest result is an error sidecar."""
+        return len(self.failed)
+
+    @property
+    def troubled(self) -> bool:
+        """Anything that did not end in a written success sidecar (``--once`` exits 1)."""
+        return bool(self.failed or self.retrying or self.write_failures)
 
 
 class Worker(threading.Thread):
@@ -153,7 +166,9 @@ class Worker(threading.Thread):
             return
         if outcome.disposition is Disposition.RETRY:
             log.warning("%s: %s (retried at the next rescan)", path, outcome.reason)
+            self.stats.retrying.add(path)
             return
+        self.stats.retrying.discard(path)
         result = outcome.result
         if not _unchanged(path, outcome.item.source):
             # Written to while we read it: its final content comes round again.
@@ -164,13 +179,16 @@ class Worker(threading.Thread):
             self.sidecars.write(result, path)
         except OSError as err:
             log.error("%s: cannot write sidecar: %s", path, err.strerror or err)
+            self.stats.write_failures += 1
+            self._advance()
             return
         ms = outcome.seconds * 1000
         if result.ok:
             self.stats.embedded += 1
+            self.stats.failed.discard(path)
             log.log(self.success_level, "%s success %.0f ms", path, ms)
         else:
-            self.stats.errors += 1
+            self.stats.failed.add(path)
             log.warning("%s error %.0f ms: %s", path, ms, result.error)
         self._advance()
 

@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def run_embed(settings: Settings, paths: Sequence[Path]) -> int:
-    """Print one JSON result per image, in input order. 0 when all succeeded, else 1."""
+    """Print one JSON result per image, in input order. 0 when all succeeded (and, with
+    ``--write-sidecars``, every sidecar was written), else 1: a sidecar that could not be
+    written turns that image's line into an error result saying why."""
     files = list(
         expand_paths(paths, settings.output_suffix, recursive=settings.recursive_for("embed"))
     )
@@ -32,7 +34,10 @@ def run_embed(settings: Settings, paths: Sequence[Path]) -> int:
         for outcome in embedder.embed(local_item(p) for p in files):
             result = outcome.result
             if settings.write_sidecars and outcome.disposition.writes:
-                _write(result, Path(outcome.item.file_path), settings.output_suffix)
+                problem = _write(result, Path(outcome.item.file_path), settings.output_suffix)
+                if problem is not None:
+                    # The requested result (the sidecar) was not produced: the line says so.
+                    result = embedder.error_result(outcome.item, problem)
             out.write(result.to_json() + "\n")
             failed += not result.ok
             progress.advance()
@@ -40,8 +45,13 @@ def run_embed(settings: Settings, paths: Sequence[Path]) -> int:
     return 1 if failed else 0
 
 
-def _write(result: EmbeddingResult, image: Path, suffix: str) -> None:
+def _write(result: EmbeddingResult, image: Path, suffix: str) -> str | None:
+    """Write the sidecar; None when written, else the one-line reason it was not."""
+    sidecar = sidecar_path(image, suffix)
     try:
-        write_sidecar(result, sidecar_path(image, suffix))
+        write_sidecar(result, sidecar)
     except OSError as err:
-        log.error("cannot write sidecar for %s: %s", image, err.strerror or err)
+        problem = f"cannot write sidecar {sidecar}: {err.strerror or err}"
+        log.error("%s: %s", image, problem)
+        return problem
+    return None
