@@ -34,7 +34,10 @@ def atomic_path(path: Path, *, mode: int = 0o644) -> Iterator[Path]:
 
     If the block raises, the temp file is removed and ``path`` is untouched.
     """
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TEMP_SUFFIX)
+    except OSError as err:  # name the file being written, not the temp file's folder
+        raise OSError(err.errno, err.strerror, str(path)) from err
     os.close(fd)
     tmp = Path(name)
     try:
@@ -42,7 +45,10 @@ def atomic_path(path: Path, *, mode: int = 0o644) -> Iterator[Path]:
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         tmp.chmod(mode)
-        tmp.replace(path)
+        try:
+            tmp.replace(path)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

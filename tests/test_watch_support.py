@@ -103,9 +103,7 @@ def running(
     assert outcome.get("rc") == 0, outcome
 
 
-def run_once(
-    settings: Settings, root: Path, embedder: Pipeline, *, expect: int = 0
-) -> WatchDaemon:
+def run_once(settings: Settings, root: Path, embedder: Pipeline, *, expect: int = 0) -> WatchDaemon:
     """``watch --once``; ``expect`` 1 when some image must fail (an error sidecar)."""
     daemon = WatchDaemon(settings, root, embedder=embedder)
     assert daemon.run(once=True) == expect

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dinoembed.cli import wiring
+from dinoembed.errors import ConfigError
 from dinoembed.local import expand_paths, local_item
 from dinoembed.progress import Progress
 from dinoembed.results import EmbeddingResult
@@ -21,6 +22,9 @@ def run_embed(settings: Settings, paths: Sequence[Path]) -> int:
     """Print one JSON result per image, in input order. 0 when all succeeded (and, with
     ``--write-sidecars``, every sidecar was written), else 1: a sidecar that could not be
     written turns that image's line into an error result saying why."""
+    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    if missing:  # an argument error: found before the model is loaded or downloaded
+        raise ConfigError(f"no such file or folder: {' '.join(missing)}")
     files = list(
         expand_paths(paths, settings.output_suffix, recursive=settings.recursive_for("embed"))
     )

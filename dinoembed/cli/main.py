@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,8 @@ from dinoembed.settings import Settings
 log = logging.getLogger("dinoembed")
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head -1`
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
+        if "model_path" in vars(args):  # the flag, not DINOEMBED_MODEL_PATH: name the flag
+            wiring.check_input_file(args.model_path, "--model")
         settings = make_settings(args)
         return _dispatch(args, settings)
     except ValidationError as err:
@@ -145,10 +151,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dinoembed: error: {field}: {problem['msg']}", file=sys.stderr)
         return EXIT_ERROR
     except DinoEmbedError as err:
-        print(f"dinoembed: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return _error(str(err))
+    except BrokenPipeError:
+        # The reader went away (`dinoembed embed -r photos | head -1`). As the Python docs
+        # advise, point stdout at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _error("output closed early (broken pipe): results after that were not printed")
+        return EXIT_BROKEN_PIPE
+    except OSError as err:
+        # A path named on the command line (or derived from one) could not be used.
+        return _error(describe_os_error(err))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def describe_os_error(err: OSError) -> str:
+    """``<path>: <reason>`` for an OSError, naming the file when it has one."""
+    reason = err.strerror or str(err)
+    names = [str(n) for n in (err.filename, err.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+def _error(message: str) -> int:
+    """The one line a user sees for a command that could not run; exit status 2."""
+    with contextlib.suppress(OSError):  # stderr gone too: the exit status is all that is left
+        print(f"dinoembed: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

@@ -15,8 +15,11 @@ EXIT_OK = 0
 
 def run_model(args: argparse.Namespace, settings: Settings) -> int:
     if args.model_command == "quantize":
+        wiring.check_input_file(args.source, "IN")
+        wiring.check_output(args.out, "OUT")
         return _quantize(args.source, args.out)
     if args.model_command == "standin":
+        wiring.check_output(args.out, "OUT")
         from dinoembed.standin import VitConfig, build_tiny, build_vit
 
         seed = getattr(args, "seed", 0)

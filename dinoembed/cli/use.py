@@ -21,9 +21,9 @@ from dinoembed.cli import wiring
 from dinoembed.collection import Collection, CollectionCache, MixedModelsError, load_collection
 from dinoembed.errors import ConfigError, ImageError
 from dinoembed.export import export
-from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo
 from dinoembed.settings import Settings
-from dinoembed.sidecars import same_space
+from dinoembed.sidecars import Recipe, Verdict, judge, read_sidecar, same_space, sidecar_path
 from dinoembed.similarity import Group, duplicate_groups, normalize_rows, top_k
 
 if TYPE_CHECKING:
@@ -122,6 +122,10 @@ def run_similar(
     min_score: float | None = None,
     as_json: bool = False,
 ) -> int:
+    if top < 0:
+        raise ConfigError(f"--top-k {top}: must be 0 or more")
+    if not wiring.is_s3(query) and not Path(query).is_file():
+        raise ConfigError(f"{query}: no such image or sidecar file")
     collection = open_collection(location, settings)
     vector, query_path = query_vector(query, collection, settings)
     idx, scores = top_k(collection.matrix, vector, top + 1)
@@ -147,7 +151,10 @@ def run_similar(
 
 def query_vector(query: str, collection: Collection, settings: Settings) -> tuple[Any, str]:
     """The query's unit vector and the path it stands for (left out of its own results)."""
-    if query.endswith(settings.output_suffix):
+    current = None if wiring.is_s3(query) else current_sidecar(Path(query), collection, settings)
+    if current is not None:
+        result = current  # the image's own up-to-date sidecar: no model needed
+    elif query.endswith(settings.output_suffix):
         result = EmbeddingResult.read_json(wiring.read_location(query))
         _same_model(collection.model, result.model, f"the query sidecar {query}", "re-embed it")
     else:
@@ -161,6 +168,34 @@ def query_vector(query: str, collection: Collection, settings: Settings) -> tupl
         raise ImageError(f"{query}: cannot be used as a query: {result.error}")
     vector = normalize_rows(np.array([result.embedding.embedding], dtype=np.float32))[0]
     return vector, result.file_path
+
+
+def current_sidecar(
+    image: Path, collection: Collection, settings: Settings
+) -> EmbeddingResult | None:
+    """The query image's own sidecar when it still describes the image (the core's currency
+    rule) and was made by the configured model, which is the collection's: the answer is
+    then the one the model would give, without loading (or downloading) it."""
+    from dinoembed.cli.backfill import expected_model
+
+    if collection.model is None or image.name.endswith(settings.output_suffix):
+        return None
+    if expected_model(settings) != (collection.model.sha256, collection.model.preprocess):
+        return None  # another model was asked for: the usual path explains the mismatch
+    sidecar = sidecar_path(image, settings.output_suffix)
+    existing = read_sidecar(sidecar)
+    if existing is None or not existing.ok or existing.embedding is None:
+        return None
+    try:
+        st, sidecar_mtime = image.stat(), sidecar.stat().st_mtime
+    except OSError:
+        return None
+    recipe = Recipe(collection.model, existing.embedding.normalized)  # cosine: either works
+    actual = SourceInfo(size=st.st_size, mtime=st.st_mtime)
+    if judge(existing, actual, recipe, sidecar_mtime=sidecar_mtime) is not Verdict.CURRENT:
+        return None
+    log.info("%s: using its sidecar %s (no model needed)", image, sidecar)
+    return existing
 
 
 def _same_model(expected: ModelInfo | None, got: ModelInfo, what: str, hint: str) -> None:
@@ -224,6 +259,11 @@ def _model_json(model: ModelInfo | None) -> dict[str, Any] | None:
 
 
 def run_export(settings: Settings, location: str, fmt: str, out: Path) -> int:
+    wiring.check_output(out, "--out")
+    if fmt == "npy":
+        from dinoembed.export import index_path
+
+        wiring.check_output(index_path(out), "--out (its .json index)")
     collection = open_collection(location, settings)
     written = export(collection, "parquet" if fmt == "parquet" else "npy", out)
     summary = {

@@ -8,6 +8,7 @@ a missing extra is reported by :func:`needs_extra` as a one-line error naming it
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,23 @@ def read_location(location: str) -> bytes:
         return Path(location).read_bytes()
     except OSError as err:
         raise ConfigError(f"{location}: cannot read: {err.strerror or err}") from err
+
+
+def check_output(path: Path, flag: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    shown = f"{flag} {path}" if flag else str(path)
+    if path.is_dir():
+        raise ConfigError(f"{shown}: is a folder; name the file to write")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{shown}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{shown}: the folder {folder} is not writable")
+
+
+def check_input_file(path: Path, what: str) -> None:
+    """Refuse an input file that does not exist, before any work is done."""
+    if not path.exists():
+        raise ConfigError(f"{what} {path}: does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path}: not a file")
