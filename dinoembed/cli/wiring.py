@@ -8,6 +8,7 @@ a missing extra is reported by :func:`needs_extra` as a one-line error naming it
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ def needs_extra(what: str) -> Iterator[None]:
         if missing not in EXTRAS:
             raise
         raise ConfigError(
-            f"{what} needs {missing}: pip install 'dinoembed[{EXTRAS[missing]}]'"
+            f"{what}: {missing} is not installed: pip install 'dinoembed[{EXTRAS[missing]}]'"
         ) from err
 
 
@@ -56,6 +57,10 @@ def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
         return ModelStore(settings.cache_dir, default_fetchers())
     with needs_extra("an s3:// model URL"):
         from dinoembed.handler.model_fetch import fetchers_with_s3
+
+        # The fetcher imports boto3 only when it downloads, where a missing module would
+        # read as a failed download: ask for it now, so the error names the extra.
+        importlib.import_module("boto3")
     return ModelStore(settings.cache_dir, fetchers_with_s3(client))
 
 
