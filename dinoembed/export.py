@@ -48,7 +48,7 @@ def write_npy(collection: Collection, out: Path) -> list[Path]:
         "etags": [e.etag for e in rows],
     }
     write_atomic(out, buf.getvalue())
-    write_atomic(index_path(out), json.dumps(index).encode() + b"\n")
+    write_atomic(index_path(out), json.dumps(index, ensure_ascii=False).encode() + b"\n")
     return [out, index_path(out)]
 
 

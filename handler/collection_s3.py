@@ -130,7 +130,7 @@ class BackfillSummary:
     queued: int = 0
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps(asdict(self), ensure_ascii=False)
 
 
 def stale_images(

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from watchdog.observers.api import BaseObserver
 
@@ -102,6 +103,7 @@ class WatchDaemon:
         self._scan_lock = threading.Lock()
         self._scan_requests: list[Path] = []
         self._scanned_current = 0  # images scans found up to date (the worker counts its own)
+        self._initial = ScanReport()
         self.worker: Worker | None = None
         self.exit_code = 0
         self._last_summary = (time.monotonic(), 0)  # (when, images done) at the last summary
@@ -181,7 +183,8 @@ class WatchDaemon:
         parts.worker.on_done = parts.scanner.on_current = backlog.advance
         if backlog.shown:  # per-image lines would break the progress line
             parts.worker.success_level = logging.DEBUG
-        self._scanned_current += _log_scan(parts.scanner.scan(self.root), "initial scan")
+        self._initial = parts.scanner.scan(self.root)
+        self._scanned_current += _log_scan(self._initial, "initial scan")
         self.ready.set()
         if once:
             self._wait_idle(parts.worker)
@@ -225,6 +228,23 @@ class WatchDaemon:
             if now >= next_summary:
                 self._summary(worker, queue)
                 next_summary = now + self.summary_seconds
+
+    def totals(self) -> dict[str, Any]:
+        """What the run found and did, as ``backfill`` prints it (the S3 summary's fields)."""
+        stats = self.worker.stats if self.worker is not None else None
+        if stats is None:
+            return {"location": str(self.root)}
+        return {
+            "location": str(self.root),
+            "images": self._initial.images,
+            "current": stats.skipped + self._scanned_current,
+            "todo": self._initial.queued,
+            "embedded": stats.embedded,
+            "errors": stats.errors,
+            "failed": stats.write_failures + len(stats.retrying),
+            "not_written": stats.write_failures,
+            "removed": stats.removed + self._initial.orphans_removed,
+        }
 
     def _pop_scan_requests(self) -> list[Path]:
         with self._scan_lock:
@@ -334,7 +354,12 @@ def _log_per_image() -> None:
 
 
 def run_watch(
-    settings: Settings, directory: Path, *, once: bool, embedder: Callable[[], Pipeline]
+    settings: Settings,
+    directory: Path,
+    *,
+    once: bool,
+    embedder: Callable[[], Pipeline],
+    on_finish: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     """Entry point of ``dinoembed watch DIR [--once]``: 0 after a clean stop.
 
@@ -343,4 +368,7 @@ def run_watch(
     _log_per_image()
     daemon = WatchDaemon(settings, directory, embedder=embedder)
     with _stop_on_signals(daemon.stop):
-        return daemon.run(once=once)
+        code = daemon.run(once=once)
+    if on_finish is not None:
+        on_finish(daemon.totals())
+    return code

@@ -8,9 +8,10 @@ each such image is announced to the function's SQS queue so Lambda does the work
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
-from dinoembed.cli import wiring
+from dinoembed.cli import output, wiring
 from dinoembed.errors import ConfigError
 from dinoembed.model_store import sha256_file
 from dinoembed.progress import Progress
@@ -28,7 +29,11 @@ def run_backfill(settings: Settings, location: str, queue_url: str | None) -> in
         with wiring.needs_extra("backfilling a folder"):
             from dinoembed.watcher.daemon import run_watch
         return run_watch(
-            settings, Path(location), once=True, embedder=lambda: wiring.pipeline(settings)
+            settings,
+            Path(location),
+            once=True,
+            embedder=lambda: wiring.pipeline(settings),
+            on_finish=output.print_json,
         )
     return backfill_s3(settings, location, queue_url)
 
@@ -75,5 +80,5 @@ def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int
     summary.todo = len(refs)
     summary.current = summary.images - len(refs)
     log.info("backfill %s: %s", location, summary.to_json())
-    print(summary.to_json())
+    output.print_json(asdict(summary))
     return 1 if summary.failed else 0

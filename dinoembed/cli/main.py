@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from dinoembed.cli import wiring
+from dinoembed.cli import output, wiring
 from dinoembed.errors import DinoEmbedError
 from dinoembed.settings import Settings
 
@@ -136,6 +136,7 @@ def make_settings(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    output.use_utf8_stdout()
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

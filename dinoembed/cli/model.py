@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from dinoembed.cli import wiring
+from dinoembed.cli import output, wiring
 from dinoembed.settings import Settings
 
 EXIT_OK = 0
@@ -27,14 +26,12 @@ def run_model(args: argparse.Namespace, settings: Settings) -> int:
             build_tiny(args.out, seed=seed)
         else:
             build_vit(args.out, VitConfig(seed=seed))
-        print(
-            json.dumps(
-                {
-                    "path": str(args.out),
-                    "standin": True,
-                    "note": "random weights: not real DINOv2 embeddings",
-                }
-            )
+        output.print_json(
+            {
+                "path": str(args.out),
+                "standin": True,
+                "note": "random weights: not real DINOv2 embeddings",
+            }
         )
         return EXIT_OK
     from dinoembed.model_store import ModelSource
@@ -48,7 +45,7 @@ def run_model(args: argparse.Namespace, settings: Settings) -> int:
     }
     if args.model_command == "info":
         report.update(_describe(resolved.path, settings))
-    print(json.dumps(report))
+    output.print_json(report)
     return EXIT_OK
 
 
@@ -56,17 +53,15 @@ def _quantize(source: Path, out: Path) -> int:
     from dinoembed.quantize import quantize_model
 
     report = quantize_model(source, out)
-    print(
-        json.dumps(
-            {
-                "path": str(report.output),
-                "source": str(report.source),
-                "bytes": report.output_bytes,
-                "source_bytes": report.source_bytes,
-                "dim": report.dim,
-                "note": "int8: check its agreement with the float32 model on your images",
-            }
-        )
+    output.print_json(
+        {
+            "path": str(report.output),
+            "source": str(report.source),
+            "bytes": report.output_bytes,
+            "source_bytes": report.source_bytes,
+            "dim": report.dim,
+            "note": "int8: check its agreement with the float32 model on your images",
+        }
     )
     return EXIT_OK
 

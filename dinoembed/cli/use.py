@@ -8,16 +8,14 @@ A collection is a local folder (recursive unless ``--no-recursive``) or an
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dinoembed.cli import wiring
+from dinoembed.cli import output, wiring
 from dinoembed.collection import Collection, CollectionCache, MixedModelsError, load_collection
 from dinoembed.errors import ConfigError, ImageError
 from dinoembed.export import export
@@ -142,10 +140,12 @@ def run_similar(
             "model": _model_json(collection.model),
             "results": [{"path": e.path, "score": round(s, 6), "etag": e.etag} for e, s in hits],
         }
-        print(json.dumps(doc))
+        output.print_json(doc)
     else:
         for entry, score in hits:
             print(f"{score:.4f}  {entry.path}")
+        if not hits:
+            print(f"no similar images in {collection.location} (--top-k {top})")
     return 0
 
 
@@ -233,8 +233,10 @@ def run_dupes(settings: Settings, location: str, threshold: float, as_json: bool
             "images": len(collection),
             "groups": [_group_json(g, rows) for g in groups],
         }
-        print(json.dumps(doc))
+        output.print_json(doc)
         return 0
+    if not groups:
+        print(f"no duplicates among {len(collection)} images (cosine >= {threshold})")
     for number, group in enumerate(groups, 1):
         print(
             f"group {number}: {len(group.members)} images, "
@@ -273,5 +275,5 @@ def run_export(settings: Settings, location: str, fmt: str, out: Path) -> int:
         "dim": int(collection.matrix.shape[1]),
         "model": _model_json(collection.model),
     }
-    sys.stdout.write(json.dumps(summary) + "\n")
+    output.print_json(summary)
     return 0
