@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DINOEMBED_<NAME> from the environment; a flag wins.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     embed = sub.add_parser(
@@ -64,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
         help="embed images and print one JSON result per line",
     )
-    embed.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    embed.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image files and folders of images"
+    )
     embed.add_argument("-r", "--recursive", action="store_true", help="descend into folders")
     embed.add_argument(
         "--write-sidecars",
@@ -76,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser(
         "watch", argument_default=argparse.SUPPRESS, help="embed images in a folder as they appear"
     )
-    watch.add_argument("directory", type=Path, metavar="DIR")
+    watch.add_argument("directory", type=Path, metavar="DIR", help="the folder to watch")
     watch.add_argument("--once", action="store_true", help="embed what is there, then exit")
     watch.add_argument(
         "--polling", action="store_true", help="poll instead of inotify (NFS, SMB, SSHFS)"
@@ -110,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
         help="write a stand-in model with random weights",
     )
-    standin.add_argument("out", type=Path, metavar="OUT")
+    standin.add_argument("out", type=Path, metavar="OUT", help="the .onnx file to write")
     standin.add_argument("--tiny", action="store_true", help="a few-KB model for unit tests")
     standin.add_argument("--seed", type=int, help="random seed (default 0)")
     quantize = model_sub.add_parser(
@@ -118,12 +122,37 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
         help="write a dynamically quantised int8 copy of a model (opt-in, faster)",
     )
-    quantize.add_argument("source", type=Path, metavar="IN")
-    quantize.add_argument("out", type=Path, metavar="OUT")
+    quantize.add_argument("source", type=Path, metavar="IN", help="the float32 .onnx model")
+    quantize.add_argument("out", type=Path, metavar="OUT", help="the int8 .onnx file to write")
     from dinoembed.cli.use import add_use_commands
 
     add_use_commands(sub, _add_embed_options)
+    for command in _all_subparsers(sub):  # `dinoembed embed -v x` as well as `dinoembed -v embed x`
+        command.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
+        )
     return parser
+
+
+def _all_subparsers(sub: Any) -> list[argparse.ArgumentParser]:
+    """Every (sub)command parser, the model commands' included."""
+    found: list[argparse.ArgumentParser] = []
+    for parser in dict.fromkeys(sub.choices.values()):
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            found += _all_subparsers(nested[0])
+        else:
+            found.append(parser)
+    return found
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dinoembed")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 SETTINGS_KEYS = frozenset(Settings.model_fields)
@@ -149,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as err:
         for problem in err.errors():
             field = ".".join(str(p) for p in problem["loc"])
-            print(f"dinoembed: error: {field}: {problem['msg']}", file=sys.stderr)
+            print(f"dinoembed: error: {_origin(field, args)}: {problem['msg']}", file=sys.stderr)
         return EXIT_ERROR
     except DinoEmbedError as err:
         return _error(str(err))
@@ -164,6 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(describe_os_error(err))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _origin(field: str, args: argparse.Namespace) -> str:
+    """Where a setting's bad value came from: its flag when given, else its variable."""
+    if field in vars(args):
+        flag = "--model" if field == "model_path" else f"--{field.replace('_', '-')}"
+        return f"{flag} (the flag)"
+    return f"DINOEMBED_{field.upper()} (the environment)"
 
 
 def describe_os_error(err: OSError) -> str:

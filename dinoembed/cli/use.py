@@ -33,6 +33,8 @@ USE_COMMANDS = frozenset({"similar", "dupes", "backfill", "export"})
 DEFAULT_TOP_K = 10
 DEFAULT_THRESHOLD = 0.95
 
+COLLECTION_HELP = "a folder of sidecars or s3://bucket/prefix"
+
 OptionAdder = Callable[[argparse.ArgumentParser], None]
 
 
@@ -41,27 +43,35 @@ def add_use_commands(sub: Any, embed_options: OptionAdder) -> None:
     s = argparse.SUPPRESS
     similar = sub.add_parser("similar", argument_default=s, help="most similar images")
     similar.add_argument("query", metavar="QUERY", help="an image or a sidecar (path or s3://)")
-    similar.add_argument("--in", dest="collection", required=True, metavar="DIR_OR_S3")
+    similar.add_argument(
+        "--in", dest="collection", required=True, metavar="DIR_OR_S3", help=COLLECTION_HELP
+    )
     similar.add_argument("--top-k", type=int, help=f"how many (default {DEFAULT_TOP_K})")
     similar.add_argument("--min-score", type=float, help="leave out results below this cosine")
     similar.add_argument("--json", action="store_true", help="one JSON document")
     embed_options(similar)
     dupes = sub.add_parser("dupes", argument_default=s, help="groups of near-duplicate images")
-    dupes.add_argument("collection", metavar="DIR_OR_S3")
+    dupes.add_argument("collection", metavar="DIR_OR_S3", help=COLLECTION_HELP)
     dupes.add_argument("--threshold", type=float, help=f"cosine (default {DEFAULT_THRESHOLD})")
     dupes.add_argument("--json", action="store_true", help="one JSON document")
     backfill = sub.add_parser(
         "backfill", argument_default=s, help="embed images that have no up-to-date sidecar"
     )
-    backfill.add_argument("collection", metavar="DIR_OR_S3")
+    backfill.add_argument("collection", metavar="DIR_OR_S3", help="a folder or s3://bucket/prefix")
     backfill.add_argument(
         "--queue-url", help="S3 only: send notifications to the function's SQS queue instead"
     )
     embed_options(backfill)
     exp = sub.add_parser("export", argument_default=s, help="write the vectors for a vector DB")
-    exp.add_argument("collection", metavar="DIR_OR_S3")
-    exp.add_argument("--format", dest="export_format", choices=["npy", "parquet"], required=True)
-    exp.add_argument("--out", type=Path, required=True, metavar="PATH")
+    exp.add_argument("collection", metavar="DIR_OR_S3", help=COLLECTION_HELP)
+    exp.add_argument(
+        "--format",
+        dest="export_format",
+        choices=["npy", "parquet"],
+        required=True,
+        help="npy (+ a .json index beside it) or parquet (needs dinoembed[export])",
+    )
+    exp.add_argument("--out", type=Path, required=True, metavar="PATH", help="the file to write")
     for parser in (similar, dupes, backfill, exp):
         parser.add_argument(
             "--no-recursive", dest="recursive", action="store_false", help="top folder only"
