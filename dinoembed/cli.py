@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     standin.add_argument("out", type=Path, metavar="OUT")
     standin.add_argument("--tiny", action="store_true", help="a few-KB model for unit tests")
+    standin.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="a symbolic batch dimension (default: static [1,3,224,224] like the real model)",
+    )
     standin.add_argument("--seed", type=int, help="random seed (default 0)")
     quantize = model_sub.add_parser(
         "quantize",
@@ -175,10 +180,11 @@ def _model_command(args: argparse.Namespace, settings: Settings) -> int:
         from dinoembed.standin import VitConfig, build_tiny, build_vit
 
         seed = getattr(args, "seed", 0)
+        batch = None if getattr(args, "dynamic_batch", False) else 1
         if getattr(args, "tiny", False):
-            build_tiny(args.out, seed=seed)
+            build_tiny(args.out, seed=seed, batch=batch)
         else:
-            build_vit(args.out, VitConfig(seed=seed))
+            build_vit(args.out, VitConfig(seed=seed), batch=batch)
         print(
             json.dumps(
                 {
