@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
@@ -36,6 +37,12 @@ def test_smoke_run_measures_every_row_and_writes_the_reports(tmp_path: Path) -> 
     for key in ("ours_large_cold_s", "floor_cold_s", "ours_large_rss_mb", "lambda_warm_s"):
         assert data["summary"][key]["best"] > 0
     assert data["meta"]["cpu"] and data["meta"]["date"]
+    # AND the rows run the production shape, with one dynamic-batch stand-in row kept
+    assert data["meta"]["model"] == "tiny-static.onnx"
+    assert data["meta"]["dynamic_batch_model"] == "tiny-dynamic.onnx"
+    for name, batch in (("tiny-static.onnx", [1]), ("tiny-dynamic.onnx", ["batch"])):
+        inputs = ort.InferenceSession(str(tmp_path / name)).get_inputs()
+        assert [(i.name, i.shape) for i in inputs] == [("input", [*batch, 3, 224, 224])]
     agreement = next(iter(data["agreement"].values()))
     assert agreement["images"] == 3 and 0.99 < agreement["min"] <= 1.0 + 1e-6
     text = results_md.read_text()
@@ -50,13 +57,13 @@ def test_regenerated_results_keep_the_hand_written_analysis(tmp_path: Path) -> N
     # GIVEN a RESULTS.md with an analysis written below the marker
     path = tmp_path / "RESULTS.md"
     path.write_text(f"old table\n{report.KEEP_MARKER}\n## Analysis\nwhy\n")
-    data = {"meta": {"cpu": "x"}, "summary": report.summarize({"model_bN_ms": [2.0, 1.0]})}
+    data = {"meta": {"cpu": "x"}, "summary": report.summarize({"model_ms": [2.0, 1.0]})}
     # WHEN it is regenerated from new results
     report.write_markdown(data, path)
     # THEN the tables are new and the analysis is still there, once
     text = path.read_text()
     assert "old table" not in text
-    assert "| 1. model only, fp32, batch ? (the floor) | 1 | 1.5 | ms/img |" in text
+    assert "| 1. model only, fp32, 1 image per run (the floor) | 1 | 1.5 | ms/img |" in text
     assert text.count(report.KEEP_MARKER) == 1 and text.endswith("## Analysis\nwhy\n")
 
 
