@@ -8,6 +8,7 @@ complete. It checks no timings.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from benchmarks import report
+from benchmarks import procs, report
 from benchmarks.corpus import EXIF_ORIENTATION, CorpusSpec, generate
 from benchmarks.run import main
 from benchmarks.seed_pipeline import seed_preprocess
@@ -98,3 +99,27 @@ def test_seed_baseline_squashes_with_bilinear_resampling(photos: dict[str, Image
     expected = ((squashed / 255.0 - mean) / std).transpose(2, 0, 1)[None]
     assert tensor.shape == (1, 3, 224, 224) and tensor.dtype == np.float32
     np.testing.assert_allclose(tensor, expected, atol=1e-5)
+
+
+def _own_rss_mb() -> float:
+    """This process's resident set now, from /proc/self/status (VmRSS, KiB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_peak_rss_is_the_benchmarked_process_own_not_the_harness() -> None:
+    # GIVEN a harness process holding a large array, every page touched
+    ballast = np.ones(600 * 2**20 // 8)
+    parent_mb = _own_rss_mb()
+    assert parent_mb > 600
+    # WHEN a tiny process and one that allocates 200 MB itself are measured
+    tiny = procs.run([sys.executable, "-c", "pass"])
+    grows = procs.run([sys.executable, "-c", "import numpy; a = numpy.ones(200 * 2**17)"])
+    # THEN the tiny one reports a small peak, not the harness's RSS ...
+    assert 0 < tiny.max_rss_mb < parent_mb / 2
+    # ... and the peak is still the process's real one: its own 200 MB show
+    assert 200 <= grows.max_rss_mb < 200 + parent_mb / 2
+    assert tiny.wall > 0 and tiny.returncode == 0
+    del ballast
