@@ -190,3 +190,23 @@ def test_help_mentions_every_command() -> None:
     assert proc.returncode == 0
     for command in ("embed", "watch", "model"):
         assert command in proc.stdout
+
+
+def test_embed_names_refused_formats_in_its_error_results(
+    tmp_path: Path, photos: dict[str, Image.Image], tiny_model: Path
+) -> None:
+    from tests.test_imaging import REFUSED_FORMATS, write_refused_format
+
+    # GIVEN a good JPEG and real images in every refused format, named on the command line
+    good = tmp_path / "good.jpg"
+    good.write_bytes(encode(photos["coffee"], "JPEG"))
+    refused = [write_refused_format(tmp_path, n, photos["coffee"]) for n in sorted(REFUSED_FORMATS)]
+    # WHEN embedded
+    proc = run_cli("embed", str(good), *map(str, refused), "--model", str(tiny_model))
+    # THEN each refused image gets an error result naming its format; the good one succeeds
+    assert proc.returncode == 1, proc.stderr
+    got = results(proc.stdout)
+    assert [r.status for r in got] == ["success"] + ["error"] * len(refused)
+    assert [(Path(r.file_path).name, r.error) for r in got[1:]] == [
+        (p.name, f"unsupported format: {REFUSED_FORMATS[p.name][2]}") for p in refused
+    ]
