@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dinoembed.errors import DinoEmbedError
+from dinoembed.logs import capture_library_warnings
 from dinoembed.settings import Settings
 
 log = logging.getLogger("dinoembed")
@@ -142,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    capture_library_warnings()  # Pillow's warnings: INFO log lines, shown with -v
     try:
         settings = make_settings(args)
         return _dispatch(args, settings)

@@ -24,6 +24,7 @@ from aws_lambda_powertools import Logger, Metrics
 
 from dinoembed.errors import TransientError
 from dinoembed.fetchers import default_fetchers
+from dinoembed.logs import capture_library_warnings
 from dinoembed.model_store import ModelStore
 from dinoembed.pipeline import Embedder, build_embedder
 from dinoembed.settings import Settings
@@ -72,6 +73,7 @@ def runtime() -> Runtime:
     global _runtime
     if _runtime is None:
         logger = make_logger()  # configures the "dinoembed" loggers before anything logs
+        capture_library_warnings()  # Pillow's warnings become log records, not raw stderr
         _runtime = Runtime(Settings(), make_client(), logger, make_metrics())
     return _runtime
 
