@@ -28,8 +28,9 @@ from typing import Any, Protocol
 import numpy as np
 from filelock import FileLock
 
+from dinoembed.atomic import is_temp_file, write_atomic
 from dinoembed.errors import PermanentError
-from dinoembed.results import EmbeddingResult, ModelInfo, is_temp_file, write_atomic
+from dinoembed.results import EmbeddingResult, ModelInfo
 from dinoembed.similarity import Matrix, normalize_rows
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class _Fresh:
 
 def _parse(name: str, stamp: str, data: bytes, guard: _ModelGuard, fresh: _Fresh) -> None:
     try:
-        result = EmbeddingResult.model_validate_json(data)
+        result = EmbeddingResult.read_json(data)
     except ValueError as err:
         log.warning("%s: not a dinoembed sidecar, skipped (%s)", name, type(err).__name__)
         fresh.entries[name] = Entry(name, stamp, "", None)

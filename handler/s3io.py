@@ -31,7 +31,7 @@ from botocore.exceptions import (
 from dinoembed.errors import DinoEmbedError, PermanentError, SourceGoneError, TransientError
 from dinoembed.results import EmbeddingResult
 
-log = logging.getLogger(f"dinoembed.{__name__}")
+log = logging.getLogger(__name__)
 
 TRANSIENT_CODES = frozenset(
     {
@@ -170,7 +170,7 @@ class S3Objects:
                 return None
             raise mapped from err
         try:
-            result: EmbeddingResult | None = EmbeddingResult.model_validate_json(body)
+            result: EmbeddingResult | None = EmbeddingResult.read_json(body)
         except ValueError:
             log.warning("existing sidecar s3://%s/%s is unreadable; replacing it", bucket, key)
             result = None
