@@ -38,6 +38,9 @@ class SourceInfo(_Frozen):
     etag: str | None = None
     version_id: str | None = None
     mtime: float | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 def utc_now() -> str:
@@ -69,6 +72,13 @@ def sidecar_name(image_name: str, suffix: str) -> str:
 
 def is_sidecar(name: str, suffix: str) -> bool:
     return name.endswith(suffix)
+
+
+def image_name(sidecar: str, suffix: str) -> str:
+    """The inverse of :func:`sidecar_name`: ``photos/cat.jpg.dinov2.json`` -> ``photos/cat.jpg``."""
+    if not sidecar.endswith(suffix) or len(sidecar) == len(suffix):
+        raise ValueError(f"{sidecar}: not a sidecar name (suffix {suffix})")
+    return sidecar[: -len(suffix)]
 
 
 def is_temp_file(name: str) -> bool:

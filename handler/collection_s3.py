@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -28,7 +29,7 @@ from dinoembed.errors import ConfigError, SourceGoneError, TransientError
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Embedder
 from dinoembed.progress import Progress
-from dinoembed.results import EmbeddingResult, is_sidecar, sidecar_name, utc_now
+from dinoembed.results import EmbeddingResult, image_name, is_sidecar, sidecar_name, utc_now
 from handler.events import ObjectRef
 from handler.observability import Tally
 from handler.process import Processor
@@ -113,6 +114,13 @@ class S3SidecarSource:
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
         return read_objects(self.client, self.bucket, names, workers=self.workers)
+
+    def open_image(self, sidecar: str) -> BinaryIO:
+        """The image object (its key is the sidecar's minus the suffix), read whole: hashing
+        needs every byte anyway, and a thumbnail decoder needs a seekable stream."""
+        key = image_name(sidecar, self.suffix)
+        data = S3Objects(self.client).read(self.bucket, key, etag=None, version_id=None)
+        return io.BytesIO(data)
 
 
 @dataclass
