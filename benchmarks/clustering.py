@@ -54,10 +54,7 @@ def step(name: str, n: int, k: int, groups: int) -> dict[str, Any]:
 
     matrix, truth = vectors(n, groups)
     start = time.perf_counter()
-    if name == "kmeans":
-        result = clustering.kmeans(matrix, k)
-    else:
-        result = clustering.density(matrix)
+    result = clustering.kmeans(matrix, k) if name == "kmeans" else clustering.density(matrix)
     seconds = time.perf_counter() - start
     labels = np.full(n, -1, dtype=np.int64)
     for cluster in result.clusters:
@@ -75,8 +72,9 @@ def step(name: str, n: int, k: int, groups: int) -> dict[str, Any]:
         "unclustered": len(result.unclustered),
         "isolated_rows_unclustered": int(np.count_nonzero(labels[~planted] == -1)),
         "isolated_rows": int(np.count_nonzero(~planted)),
-        "adjusted_rand_planted": round(
-            float(adjusted_rand_score(truth[planted], labels[planted])), 4
+        "planted_rows_unclustered": int(np.count_nonzero(labels[planted] == -1)),
+        "adjusted_rand_planted_clustered": round(
+            float(adjusted_rand_score(truth[kept], labels[kept])), 4
         ),
     }
 

@@ -13,7 +13,8 @@ scikit-learn (the optional ``cluster`` extra) doing the clustering.
   :data:`SAMPLE` rows HDBSCAN runs on a fixed sample; every other row joins the
   cluster with the nearest centroid (cosine, full dimensions) when it is at least as
   close as the cluster's loosest sampled member (measured leave-one-out, so that a
-  member's own weight in the centroid does not flatter it), else it is unclustered. Memory stays O(n x d) plus blocks.
+  member's own weight in the centroid does not flatter it), else it is unclustered.
+  Memory stays O(n x d) plus blocks.
 
 Both are deterministic for a given matrix: fixed seeds, a fixed sample, and clusters
 numbered by size (largest first), then by their first row.
