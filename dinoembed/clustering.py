@@ -14,6 +14,8 @@ scikit-learn (the optional ``cluster`` extra) doing the clustering.
   cluster with the nearest centroid (cosine, full dimensions) when it is at least as
   close as the cluster's loosest sampled member (measured leave-one-out, so that a
   member's own weight in the centroid does not flatter it), else it is unclustered.
+  Finally, members far below their cluster's typical closeness to its centre are
+  moved to ``unclustered`` (HDBSCAN lets a few stray rows into a neighbouring cluster).
   Memory stays O(n x d) plus blocks.
 
 Both are deterministic for a given matrix: fixed seeds, a fixed sample, and clusters
@@ -40,6 +42,7 @@ PCA_DIMS = 32
 MIN_SIZE = 3
 FULL_KMEANS_MAX = 20_000
 BLOCK = 16_384
+OUTLIER_MARGIN = 0.1
 NOISE = -1
 
 
@@ -117,7 +120,7 @@ def density(
     if n > sample:
         rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
         labels[rest] = _assign(matrix, rows, sampled, rest)
-    return _finish(matrix, labels, "hdbscan")
+    return _finish(matrix, _expel_outliers(matrix, labels, min_size), "hdbscan")
 
 
 def _assign(
@@ -142,6 +145,31 @@ def _assign(
         best = scores.argmax(axis=1)
         close = scores[np.arange(len(block)), best] >= floors[best]
         out[start : start + BLOCK] = np.where(close, labels[best], NOISE)
+    return out
+
+
+def _loo_cosines(members: Matrix) -> NDArray[np.float64]:
+    """Each member's cosine to the centroid of the other members."""
+    total = members.sum(axis=0, dtype=np.float64)
+    dots = members.astype(np.float64) @ total
+    norms = np.sqrt(np.maximum(total @ total - 2 * dots + 1.0, 1e-12))
+    return np.asarray((dots - 1.0) / norms)
+
+
+def _expel_outliers(matrix: Matrix, labels: NDArray[np.int64], min_size: int) -> NDArray[np.int64]:
+    """HDBSCAN lets a few stray rows into a neighbouring cluster; a member much farther from
+    the centre than the cluster's typical member (median - max(6 MADs, OUTLIER_MARGIN))
+    is unclustered instead. A cluster left smaller than ``min_size`` dissolves."""
+    out = labels.copy()
+    for label in sorted(set(labels.tolist()) - {NOISE}):
+        members = np.flatnonzero(labels == label)
+        cosines = _loo_cosines(matrix[members])
+        median = float(np.median(cosines))
+        spread = float(np.median(np.abs(cosines - median)))
+        strays = cosines < median - max(6 * spread, OUTLIER_MARGIN)
+        out[members[strays]] = NOISE
+        if len(members) - int(strays.sum()) < min_size:
+            out[members] = NOISE
     return out
 
 
