@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from handler.app import lambda_handler
+from dinoembed.handler.app import lambda_handler
 
 
 @dataclass

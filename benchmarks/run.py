@@ -199,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     if plan.frontends:
-        for row, modules in (("watcher", ("watcher.daemon",)), ("Lambda", ("handler.app", "moto"))):
+        for row, modules in (
+            ("watcher", ("dinoembed.watcher.daemon",)),
+            ("Lambda", ("dinoembed.handler.app", "moto")),
+        ):
             if (name := frontends.missing(*modules)) is not None:
                 notes.append(f"{row} rows skipped: {name} is not importable")
                 plan = Plan(**{**plan.__dict__, "frontends": False})

@@ -1,8 +1,10 @@
-"""Streaming downloads of model files: HTTP(S) with bounded retries, and S3.
+"""Streaming downloads of model files: HTTP(S) with bounded retries.
 
 A fetcher writes the bytes at a URL into an open file. It raises
 :class:`ModelUnavailableError` (transient: try again later) when the bytes
 cannot be had. Checksums are the model store's business, not the fetcher's.
+The ``s3://`` fetcher lives in the AWS adapter (``dinoembed.handler.model_fetch``),
+so the core never imports boto3; the entry points register it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dinoembed.errors import ModelUnavailableError
 
@@ -113,48 +115,15 @@ class HttpFetcher:
         return delay, ""
 
 
-class S3Fetcher:
-    """``s3://bucket/key`` through boto3 (imported only when an s3 URL is used)."""
-
-    def __init__(self, client: Any | None = None) -> None:
-        self._client = client
-
-    def fetch(self, url: str, out: Sink) -> None:
-        bucket, _, key = url.removeprefix("s3://").partition("/")
-        if not bucket or not key:
-            raise ModelUnavailableError(f"not an s3://bucket/key URL: {url}")
-        try:
-            client = self._client or self._default_client()
-            body = client.get_object(Bucket=bucket, Key=key)["Body"]
-            for chunk in body.iter_chunks(CHUNK):
-                out.write(chunk)
-        except ModelUnavailableError:
-            raise
-        except Exception as err:
-            reason = " ".join(str(err).split())[:300]
-            raise ModelUnavailableError(
-                f"cannot download model from {url}: {reason}; "
-                "set DINOEMBED_MODEL_PATH to a local copy"
-            ) from err
-
-    @staticmethod
-    def _default_client() -> Any:
-        try:
-            import boto3
-        except ImportError as err:
-            raise ModelUnavailableError(
-                "s3:// model URLs need boto3: pip install 'dinoembed[lambda]'"
-            ) from err
-        return boto3.client("s3")
-
-
 def fetcher_for(url: str, fetchers: dict[str, Fetcher]) -> Fetcher:
     scheme = url.split("://", 1)[0]
     if scheme not in fetchers:
-        raise ModelUnavailableError(f"no way to download {scheme}:// model URLs")
+        hint = " (pip install 'dinoembed[lambda]')" if scheme == "s3" else ""
+        raise ModelUnavailableError(f"no way to download {scheme}:// model URLs{hint}")
     return fetchers[scheme]
 
 
-def default_fetchers(s3_client: Any | None = None) -> dict[str, Fetcher]:
+def default_fetchers() -> dict[str, Fetcher]:
+    """``http://`` and ``https://``. The entry points add ``s3://`` (``dinoembed.handler``)."""
     http = HttpFetcher()
-    return {"http": http, "https": http, "s3": S3Fetcher(s3_client)}
+    return {"http": http, "https": http}

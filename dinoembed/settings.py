@@ -26,6 +26,10 @@ DEFAULT_MAX_PIXELS = 89_478_485
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 Preprocess = Literal["center-crop", "squash"]
+Walker = Literal["embed", "watch", "collection"]
+# Whether each kind of command descends into sub-folders when the user did not say
+# (``--recursive`` / ``--no-recursive`` / ``DINOEMBED_RECURSIVE``): the one place it is decided.
+RECURSIVE_BY_DEFAULT: dict[Walker, bool] = {"embed": False, "watch": True, "collection": True}
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +61,7 @@ class Settings(BaseSettings):
     decode_workers: int | None = Field(default=None, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)
-    # None = the command's own default: `embed` does not descend, `watch` does.
+    # None = the command's own default (RECURSIVE_BY_DEFAULT); see recursive_for.
     recursive: bool | None = None
     write_sidecars: bool = False
     # watcher
@@ -86,6 +90,10 @@ class Settings(BaseSettings):
         if not value or "/" in value:
             raise ValueError("must be a non-empty file-name suffix without '/'")
         return value
+
+    def recursive_for(self, walker: Walker) -> bool:
+        """Descend into sub-folders? The user's choice, else the command's default."""
+        return RECURSIVE_BY_DEFAULT[walker] if self.recursive is None else self.recursive
 
     @property
     def sha256_is_explicit(self) -> bool:

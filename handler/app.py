@@ -1,4 +1,4 @@
-"""AWS Lambda entry point: ``handler.app.lambda_handler``.
+"""AWS Lambda entry point: ``dinoembed.handler.app.lambda_handler``.
 
 Module-level lazy state: the settings, the S3 client, the logger and metrics are
 made on the first invocation of an execution environment, and the model is
@@ -23,16 +23,16 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 
 from dinoembed.errors import TransientError
-from dinoembed.fetchers import default_fetchers
+from dinoembed.handler.events import Invocation, normalise
+from dinoembed.handler.model_fetch import fetchers_with_s3
+from dinoembed.handler.observability import Tally, make_logger, make_metrics, publish
+from dinoembed.handler.process import Processor, Report
+from dinoembed.handler.s3io import S3Objects, make_client
 from dinoembed.model_store import ModelStore
 from dinoembed.pipeline import Embedder, build_embedder
 from dinoembed.settings import Settings
-from handler.events import Invocation, normalise
-from handler.observability import Tally, make_logger, make_metrics, publish
-from handler.process import Processor, Report
-from handler.s3io import S3Objects, make_client
 
-log = logging.getLogger(f"dinoembed.{__name__}")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Runtime:
         """The pipeline, built on first use (the model download happens here, once)."""
         with self._lock:
             if self._embedder is None:
-                store = ModelStore(self.settings.cache_dir, default_fetchers(self.s3_client))
+                store = ModelStore(self.settings.cache_dir, fetchers_with_s3(self.s3_client))
                 self._embedder = build_embedder(self.settings, store=store)
                 self.model_loads += 1
             return self._embedder

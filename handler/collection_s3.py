@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,16 +26,15 @@ from urllib.parse import quote_plus
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dinoembed.errors import ConfigError, SourceGoneError, TransientError
+from dinoembed.handler.events import ObjectRef
+from dinoembed.handler.observability import Tally
+from dinoembed.handler.process import Processor
+from dinoembed.handler.s3io import S3Objects, client_config, map_error
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Embedder
-from dinoembed.progress import Progress
 from dinoembed.results import EmbeddingResult, image_name, is_sidecar, sidecar_name, utc_now
-from handler.events import ObjectRef
-from handler.observability import Tally
-from handler.process import Processor
-from handler.s3io import S3Objects, client_config, map_error
 
-log = logging.getLogger(f"dinoembed.{__name__}")
+log = logging.getLogger(__name__)
 
 READ_WORKERS = 16
 SQS_BATCH = 10  # the most send_message_batch accepts
@@ -170,16 +169,23 @@ def stale_images(
     return todo, len(images)
 
 
-def embed_here(client: Any, refs: Sequence[ObjectRef], embedder: Embedder, suffix: str) -> Tally:
-    """Embed ``refs`` in this process and write their sidecars, as the function would."""
+def embed_here(
+    client: Any,
+    refs: Sequence[ObjectRef],
+    embedder: Embedder,
+    suffix: str,
+    *,
+    on_progress: Callable[[int], None] = lambda n: None,
+) -> Tally:
+    """Embed ``refs`` in this process and write their sidecars, as the function would;
+    ``on_progress(n)`` after every chunk of ``n`` objects (the caller's progress line)."""
     processor = Processor(S3Objects(client), lambda: embedder, suffix)
     tally = Tally()
-    with Progress(len(refs)) as progress:
-        for start in range(0, len(refs), EMBED_CHUNK):
-            chunk = refs[start : start + EMBED_CHUNK]
-            report = processor.process(chunk)
-            tally.merge(report.tally)
-            progress.advance(len(chunk))
+    for start in range(0, len(refs), EMBED_CHUNK):
+        chunk = refs[start : start + EMBED_CHUNK]
+        report = processor.process(chunk)
+        tally.merge(report.tally)
+        on_progress(len(chunk))
     return tally
 
 

@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError, TransientError
+from dinoembed.handler.events import ObjectRef
+from dinoembed.handler.observability import Tally
+from dinoembed.handler.s3io import ObjectMeta, S3Objects, Sidecar
 from dinoembed.imaging import check_byte_size
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Embedder, ImageItem
 from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo, is_sidecar, sidecar_name
-from handler.events import ObjectRef
-from handler.observability import Tally
-from handler.s3io import ObjectMeta, S3Objects, Sidecar
 
-log = logging.getLogger(f"dinoembed.{__name__}")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from botocore.exceptions import (
 from dinoembed.errors import DinoEmbedError, PermanentError, SourceGoneError, TransientError
 from dinoembed.results import EmbeddingResult
 
-log = logging.getLogger(f"dinoembed.{__name__}")
+log = logging.getLogger(__name__)
 
 TRANSIENT_CODES = frozenset(
     {

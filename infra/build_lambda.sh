@@ -3,7 +3,8 @@
 #
 #   infra/build_lambda.sh OUT_DIR
 #
-# OUT_DIR receives the core (dinoembed/), the handler (handler/) and their dependencies
+# OUT_DIR receives the core (dinoembed/) with the AWS adapter (dinoembed/handler/, from
+# handler/; no watcher code) and their dependencies
 # as wheels for the Lambda platform: CPython 3.12 on x86_64, whatever
 # machine runs the build. With DINOEMBED_BUNDLE_MODEL=/path/model.onnx the model file is
 # copied to OUT_DIR/model/ (point DINOEMBED_MODEL_PATH at /var/task/model/<name>.onnx).
@@ -26,9 +27,13 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
 mkdir -p "$stage/src" "$out"
-for part in pyproject.toml README.md dinoembed handler watcher; do
-    cp -R "$root/$part" "$stage/src/"
+for part in pyproject.toml README.md; do
+    cp "$root/$part" "$stage/src/"
 done
+# dinoembed/handler is a symlink to ../handler: -L copies the files. The function never
+# runs the folder watcher, so dinoembed/watcher stays out of the package.
+cp -RL "$root/dinoembed" "$stage/src/"
+rm -rf "$stage/src/dinoembed/watcher"
 find "$stage/src" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 "$python" -m pip wheel --quiet --disable-pip-version-check --no-deps \

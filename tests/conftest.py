@@ -17,8 +17,6 @@ from dinoembed.standin import build_tiny
 
 pytest_plugins = ["tests.reliability_plugin"]
 
-EVENTS_DIR = Path(__file__).parent / "events"
-
 
 @pytest.fixture(autouse=True)
 def _isolated_env(

@@ -102,7 +102,7 @@ def test_chosen_k_leaves_images_that_belong_nowhere_unclustered(
     root = tmp_path / "v"
     root.mkdir()
     for i, v in enumerate(vectors):
-        write_sidecar(result(f"/p/{i:02d}.jpg", v), root / f"{i:02d}.jpg{SUFFIX}")
+        write_sidecar(result(f"/p/{i:02d}.jpg", v.tolist()), root / f"{i:02d}.jpg{SUFFIX}")
     # WHEN the number of clusters is chosen from the data
     code, out, _ = run(capsys, "cluster", str(root), "--json")
     # THEN the three groups are found and the isolated two are unclustered
@@ -263,7 +263,7 @@ def test_decisions_keep_marked_pairs_apart(
     d = np.array([0.0, 0.0, 0.0, 1.0])
     assert 0.95 < float(b @ c) < 0.99 and float(a @ b) < 0.95
     for name, v in {"A": a, "B": b, "C": c, "D": d}.items():
-        write_sidecar(result(str(root / name), v), root / f"{name}{SUFFIX}")
+        write_sidecar(result(str(root / name), v.tolist()), root / f"{name}{SUFFIX}")
     decisions = tmp_path / "decisions.json"
     decisions.write_text(json.dumps({"not_duplicates": [[f"v/{n}" for n in m] for m in marked]}))
     # WHEN finding groups with the decisions (paths relative to the decisions file)

@@ -36,16 +36,17 @@ RUNNER = """
 import json, sys
 artifact, events = sys.argv[1], sys.argv[2:]
 sys.path.insert(0, artifact)
-import numpy, onnxruntime, handler.app
-from handler.app import lambda_handler
+import numpy, onnxruntime
+import dinoembed.handler.app as app
+from dinoembed.handler.app import lambda_handler
 
 class Context:
     aws_request_id = "artifact-test"
 
-origins = [m.__file__ for m in (handler.app, numpy, onnxruntime)]
+origins = [m.__file__ for m in (app, numpy, onnxruntime)]
 responses = [lambda_handler(json.load(open(e)), Context()) for e in events]
 print(json.dumps({"origins": origins, "responses": responses,
-                  "model_loads": handler.app.runtime().model_loads}))
+                  "model_loads": app.runtime().model_loads}))
 """
 
 
@@ -113,8 +114,19 @@ def client_for(endpoint: str) -> S3Client:
 
 def test_built_artifact_contains_the_package_and_nothing_else(artifact: Path) -> None:
     names = {p.name for p in artifact.iterdir()}
-    assert {"dinoembed", "handler", "onnxruntime", "numpy", "PIL", "boto3"} <= names
-    assert {"tests", "benchmarks", ".venv", "template.yaml", "bin"}.isdisjoint(names)
+    assert {"dinoembed", "onnxruntime", "numpy", "PIL", "boto3"} <= names
+    assert {
+        "handler",
+        "watcher",
+        "tests",
+        "benchmarks",
+        ".venv",
+        "template.yaml",
+        "bin",
+    }.isdisjoint(names)
+    assert (artifact / "dinoembed" / "handler" / "app.py").is_file()
+    assert not (artifact / "dinoembed" / "watcher").exists()  # the function never watches folders
+    assert not list(artifact.rglob("watchdog"))
     assert (artifact / "model" / "tiny.onnx").is_file()
     so = list((artifact / "onnxruntime" / "capi").glob("onnxruntime_pybind11_state*.so"))
     assert [p.name for p in so] == ["onnxruntime_pybind11_state.cpython-312-x86_64-linux-gnu.so"]

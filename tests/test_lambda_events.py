@@ -10,29 +10,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from handler.events import ObjectRef, UnrecognisedEventError, normalise
+from dinoembed.handler.events import ObjectRef, UnrecognisedEventError, normalise
 from tests.test_lambda_support import (
     BUCKET,
-    EVENTS_DIR,
-    INFRA_EVENTS_DIR,
     REGION,
     aws_test_env,
     load_event,
 )
-
-
-def test_infra_sample_events_are_the_test_fixtures() -> None:
-    # GIVEN the sample events shipped for `sam local invoke -e infra/events/...`
-    shipped = sorted(p.name for p in INFRA_EVENTS_DIR.glob("*.json"))
-    # THEN each is byte-identical to the fixture the tests run on
-    assert shipped == [
-        "eventbridge_object_created.json",
-        "s3_put.json",
-        "s3_test_event.json",
-        "sqs_batch.json",
-    ]
-    for name in shipped:
-        assert (INFRA_EVENTS_DIR / name).read_bytes() == (EVENTS_DIR / name).read_bytes()
 
 
 def test_direct_s3_put_decodes_plus_as_space() -> None:

@@ -14,7 +14,7 @@ from moto.core.botocore_stubber import MockRawResponse
 from PIL import Image
 
 from dinoembed.errors import TransientError
-from handler import app
+from dinoembed.handler import app
 from tests.helpers import encode
 from tests.test_lambda_support import (
     BUCKET,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dinoembed.errors import TransientError
-from handler import app
+from dinoembed.handler import app
 from tests.helpers import encode
 from tests.test_lambda_support import (
     BUCKET,

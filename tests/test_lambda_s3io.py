@@ -17,8 +17,8 @@ from botocore.exceptions import (
 )
 
 from dinoembed.errors import PermanentError, SourceGoneError, TransientError
+from dinoembed.handler.s3io import S3Objects, S3PermanentError, S3TransientError, map_error
 from dinoembed.results import EmbeddingResult, ModelInfo
-from handler.s3io import S3Objects, S3PermanentError, S3TransientError, map_error
 from tests.test_lambda_support import BUCKET, REGION, aws_test_env, mocked_s3
 
 if TYPE_CHECKING:

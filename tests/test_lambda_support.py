@@ -1,10 +1,10 @@
 """Helpers shared by the Lambda tests (this module holds no tests of its own).
 
-- event fixtures from ``tests/events`` (the same files as ``infra/events``), with
+- event fixtures from ``infra/events`` (the files ``sam local invoke -e`` takes), with
   ``stamp`` filling in the real size and ETag of the objects a test uploaded, as
   S3 does in a real notification;
 - ``mocked_s3``: moto's in-process S3 with the example bucket;
-- ``cold_lambda``: a fresh execution environment for ``handler.app`` (state,
+- ``cold_lambda``: a fresh execution environment for ``dinoembed.handler.app`` (state,
   environment, and the logging configuration Powertools installs, all restored
   afterwards so other tests see the loggers as they were).
 """
@@ -28,14 +28,13 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from dinoembed.handler import app
 from dinoembed.results import EmbeddingResult
-from handler import app
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-EVENTS_DIR = Path(__file__).parent / "events"
-INFRA_EVENTS_DIR = Path(__file__).parent.parent / "infra" / "events"
+EVENTS_DIR = Path(__file__).parent.parent / "infra" / "events"
 BUCKET = "dinoembed-example-bucket"
 REGION = "us-east-1"
 SUFFIX = ".dinov2.json"

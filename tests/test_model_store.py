@@ -15,7 +15,8 @@ import pytest
 from moto import mock_aws
 
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
-from dinoembed.fetchers import HttpFetcher, default_fetchers
+from dinoembed.fetchers import HttpFetcher
+from dinoembed.handler.model_fetch import fetchers_with_s3
 from dinoembed.model_store import HashingWriter, ModelSource, ModelStore
 from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, Settings
 from tests.helpers import tmpfs
@@ -225,11 +226,11 @@ def test_s3_model_url_is_fetched_with_the_given_client(tmp_path: Path) -> None:
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="models")
         s3.put_object(Bucket="models", Key="dino/model.onnx", Body=BODY)
-        store = ModelStore(tmp_path, fetchers=default_fetchers(s3))
+        store = ModelStore(tmp_path, fetchers=fetchers_with_s3(s3))
         resolved = store.resolve(_source("s3://models/dino/model.onnx"))
         assert resolved.path.read_bytes() == BODY
         with pytest.raises(ModelUnavailableError, match="cannot download model from s3://"):
-            ModelStore(tmp_path / "other", fetchers=default_fetchers(s3)).resolve(
+            ModelStore(tmp_path / "other", fetchers=fetchers_with_s3(s3)).resolve(
                 _source("s3://models/missing.onnx")
             )
 

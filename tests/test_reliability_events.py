@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handler.events import Invocation, UnrecognisedEventError, normalise
+from dinoembed.handler.events import Invocation, UnrecognisedEventError, normalise
 from tests.reliability_plugin import fuzz_examples, tried
 
 pytestmark = pytest.mark.reliability("fuzzing: event normaliser")

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinoembed.handler import app
 from dinoembed.results import read_sidecar
-from handler import app
 from tests.helpers import encode
 from tests.reliability_plugin import tried
 from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, mocked_s3

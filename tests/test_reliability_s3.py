@@ -42,11 +42,11 @@ from moto.s3.responses import S3Response
 from PIL import Image
 
 from dinoembed.errors import TransientError
+from dinoembed.handler import app
+from dinoembed.handler.observability import make_logger, make_metrics
+from dinoembed.handler.s3io import make_client
 from dinoembed.results import EmbeddingResult
 from dinoembed.settings import Settings
-from handler import app
-from handler.observability import make_logger, make_metrics
-from handler.s3io import make_client
 from tests.helpers import encode, tmpfs
 from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, load_event, mocked_s3
 

@@ -20,7 +20,7 @@ from urllib.parse import quote_plus
 import pytest
 from PIL import Image
 
-from handler import app
+from dinoembed.handler import app
 from tests.helpers import encode
 from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, mocked_s3
 

@@ -200,8 +200,8 @@ def test_function_runtime_memory_and_handler(
     assert template["Parameters"]["MemorySize"]["Default"] >= 2048
     assert props["EphemeralStorage"]["Size"] >= 512
     module, _, function = props["Handler"].rpartition(".")
-    assert module == "handler.app" and function == "lambda_handler"
-    from handler import app
+    assert module == "dinoembed.handler.app" and function == "lambda_handler"
+    from dinoembed.handler import app
 
     assert callable(getattr(app, function))
     metadata = resources["EmbedFunction"]["Metadata"]

@@ -14,13 +14,13 @@ from PIL import Image
 
 from dinoembed.cli import main
 from dinoembed.collection import CollectionCache, load_collection
+from dinoembed.handler.collection_s3 import QueueError, S3SidecarSource, notification, send_to_queue
+from dinoembed.handler.events import ObjectRef, normalise
+from dinoembed.handler.process import Processor
+from dinoembed.handler.s3io import S3Objects
 from dinoembed.model_store import sha256_file
 from dinoembed.pipeline import Embedder
 from dinoembed.results import EmbeddingResult, ModelInfo
-from handler.collection_s3 import QueueError, S3SidecarSource, notification, send_to_queue
-from handler.events import ObjectRef, normalise
-from handler.process import Processor
-from handler.s3io import S3Objects
 from tests.helpers import encode
 from tests.test_lambda_support import BUCKET, REGION, mocked_s3
 from tests.test_use_support import MODEL_A, MODEL_B, SUFFIX, result, unit_rows
@@ -254,7 +254,7 @@ def test_notification_is_shaped_like_s3s() -> None:
 
 
 def test_queue_mode_compares_with_the_model_files_digest(tiny_model: Path) -> None:
-    from dinoembed.commands_backfill import expected_model
+    from dinoembed.cli.backfill import expected_model
     from dinoembed.settings import Settings
 
     assert expected_model(Settings(model_path=tiny_model)) == (

@@ -19,6 +19,7 @@ from watchdog.observers.polling import PollingObserver
 
 from dinoembed.cli import main as cli_main
 from dinoembed.pipeline import Embedder
+from dinoembed.watcher.queue import DEFAULT_CAPACITY
 from tests.test_watch_support import (
     has_sidecar,
     noise_png,
@@ -30,7 +31,6 @@ from tests.test_watch_support import (
     wait_for,
     watch_settings,
 )
-from watcher.queue import DEFAULT_CAPACITY
 
 OBSERVERS = [pytest.param(False, id="inotify"), pytest.param(True, id="polling")]
 
@@ -340,7 +340,7 @@ def test_burst_of_1000_images_is_fully_processed(
 ) -> None:
     # GIVEN a running daemon (with a queue of 100 paths, the burst overflows it)
     settings = watch_settings(tiny_model, batch_size=32)
-    caplog.set_level(logging.WARNING, logger="watcher")
+    caplog.set_level(logging.WARNING, logger="dinoembed.watcher")
     with running(settings, root, embedder, capacity=capacity) as daemon:
         # WHEN 1,000 small images land at once (in 10 folders)
         images = []
@@ -368,7 +368,7 @@ def test_up_to_date_tree_is_left_alone_on_restart(
     photos: dict[str, Image.Image],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="watcher")
+    caplog.set_level(logging.INFO, logger="dinoembed.watcher")
     images = [save_photo(photos[n], root / f"{n}.jpg") for n in ("rocket", "coffee", "flower")]
     with running(watch_settings(tiny_model), root, embedder):
         assert wait_for(lambda: all(has_sidecar(p)() for p in images))
@@ -410,7 +410,7 @@ def test_copy_of_tree_elsewhere_has_sidecars_repointed(
 def test_daemon_stops_with_status_1_when_the_folder_is_removed(
     root: Path, tiny_model: Path, embedder: Embedder
 ) -> None:
-    from watcher.daemon import WatchDaemon
+    from dinoembed.watcher.daemon import WatchDaemon
 
     daemon = WatchDaemon(watch_settings(tiny_model), root, embedder=embedder)
     codes: list[int] = []
@@ -450,7 +450,7 @@ def test_periodic_summary_line(
     photos: dict[str, Image.Image],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="watcher")
+    caplog.set_level(logging.INFO, logger="dinoembed.watcher")
     with running(watch_settings(tiny_model), root, embedder, summary_seconds=0.5):
         # WHEN an image is embedded and time passes
         image = save_photo(photos["rocket"], root / "r.jpg")
@@ -483,7 +483,7 @@ def test_a_sidecar_that_cannot_be_written_does_not_stop_the_daemon(
 def test_kernel_event_queue_overflow_triggers_a_rescan(
     root: Path, tiny_model: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="watcher")
+    caplog.set_level(logging.INFO, logger="dinoembed.watcher")
     with running(watch_settings(tiny_model, rescan_seconds=0), root, embedder):
         # WHEN watchdog reports that the kernel dropped inotify events (IN_Q_OVERFLOW;
         # watchdog only logs it, with this message, so that is what the daemon listens to)

@@ -16,6 +16,12 @@ from dinoembed.errors import ConfigError, SourceGoneError
 from dinoembed.pipeline import Embedder
 from dinoembed.results import write_sidecar
 from dinoembed.settings import Settings
+from dinoembed.watcher.daemon import WatchDaemon
+from dinoembed.watcher.events import EnqueueHandler
+from dinoembed.watcher.observer import start_observer, stop_observer
+from dinoembed.watcher.queue import NEVER, Pending, Touch, Verdict, WorkQueue
+from dinoembed.watcher.settle import SettlePolicy
+from dinoembed.watcher.worker import watched_item
 from tests.test_watch_support import (
     has_sidecar,
     result_of,
@@ -25,12 +31,6 @@ from tests.test_watch_support import (
     wait_for,
     watch_settings,
 )
-from watcher.daemon import WatchDaemon, watch_recursive
-from watcher.events import EnqueueHandler
-from watcher.observer import start_observer, stop_observer
-from watcher.queue import NEVER, Pending, Touch, Verdict, WorkQueue
-from watcher.settle import SettlePolicy
-from watcher.worker import watched_item
 
 # --- queue -------------------------------------------------------------------
 
@@ -225,16 +225,22 @@ def test_other_observer_errors_are_not_hidden(tmp_path: Path) -> None:
 
 
 def test_watch_is_recursive_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert watch_recursive(Settings()) is True
-    assert watch_recursive(Settings(recursive=False)) is False  # --no-recursive
+    assert Settings().recursive_for("watch") is True
+    assert Settings().recursive_for("collection") is True
+    assert Settings().recursive_for("embed") is False
+    assert Settings(recursive=False).recursive_for("watch") is False  # --no-recursive
+    assert Settings(recursive=True).recursive_for("embed") is True  # embed -r
     monkeypatch.setenv("DINOEMBED_RECURSIVE", "false")
-    assert watch_recursive(Settings()) is False
-    assert Settings().recursive is False  # `embed` keeps its own default
+    assert Settings().recursive_for("watch") is False
+
+
+def _no_model() -> Embedder:
+    raise AssertionError("the model must not be loaded")
 
 
 def test_watching_a_missing_folder_is_a_config_error(tmp_path: Path, tiny_model: Path) -> None:
     with pytest.raises(ConfigError, match="not a folder"):
-        WatchDaemon(watch_settings(tiny_model), tmp_path / "nope")
+        WatchDaemon(watch_settings(tiny_model), tmp_path / "nope", embedder=_no_model)
 
 
 def test_once_embeds_the_backlog_and_removes_orphaned_sidecars(
@@ -282,9 +288,9 @@ def test_per_image_log_lines(
 ) -> None:
     save_photo(photos["coffee"], tmp_path / "a.jpg")
     (tmp_path / "b.jpg").write_bytes(b"junk")
-    caplog.set_level(logging.INFO, logger="watcher")
+    caplog.set_level(logging.INFO, logger="dinoembed.watcher")
     run_once(watch_settings(tiny_model), tmp_path, embedder)
-    lines = [r.getMessage() for r in caplog.records if r.name == "watcher.worker"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dinoembed.watcher.worker"]
     assert any(m.startswith(f"{tmp_path / 'a.jpg'} success ") and " ms" in m for m in lines)
     assert any(m.startswith(f"{tmp_path / 'b.jpg'} error ") for m in lines)
     assert any("stopped: 1 embedded, 1 errors" in r.getMessage() for r in caplog.records)
@@ -311,7 +317,7 @@ def test_folders_inotify_does_not_watch_are_counted(tmp_path: Path) -> None:
     # (what watchdog leaves behind, silently, when the watch limit is hit below the root)
     from watchdog.observers.inotify import InotifyObserver
 
-    from watcher.observer import unwatched_folders
+    from dinoembed.watcher.observer import unwatched_folders
 
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()

@@ -14,7 +14,7 @@ from PIL import Image
 from dinoembed.pipeline import Embedder
 from dinoembed.results import EmbeddingResult, is_temp_file, read_sidecar
 from dinoembed.settings import Settings
-from watcher.daemon import WatchDaemon
+from dinoembed.watcher.daemon import WatchDaemon
 
 SUFFIX = ".dinov2.json"
 TIMEOUT = 30.0  # generous: the machine may be busy; never a speed assertion

@@ -10,9 +10,8 @@ a summary line every minute. SIGINT/SIGTERM stop the daemon: the batch in
 progress is finished and its sidecars written, then it exits 0. If the watched
 folder itself disappears, it stops with exit status 1.
 
-Recursion: ``Settings.recursive`` is None unless set (``--no-recursive`` or
-``DINOEMBED_RECURSIVE``); ``embed`` then does not descend and a watcher does,
-see :func:`watch_recursive`.
+Recursion: watching descends into sub-folders unless ``--no-recursive`` or
+``DINOEMBED_RECURSIVE=false`` (:meth:`~dinoembed.settings.Settings.recursive_for`).
 """
 
 from __future__ import annotations
@@ -32,16 +31,16 @@ from types import FrameType
 from watchdog.observers.api import BaseObserver
 
 from dinoembed.errors import ConfigError
-from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.pipeline import Embedder
 from dinoembed.progress import Progress
 from dinoembed.settings import Settings
-from watcher.events import EnqueueHandler
-from watcher.observer import ObserverFactory, start_observer, stop_observer
-from watcher.queue import DEFAULT_CAPACITY, WorkQueue
-from watcher.scan import Scanner, ScanReport, count_images
-from watcher.settle import SettlePolicy
-from watcher.sidecars import Sidecars
-from watcher.worker import Worker
+from dinoembed.watcher.events import EnqueueHandler
+from dinoembed.watcher.observer import ObserverFactory, start_observer, stop_observer
+from dinoembed.watcher.queue import DEFAULT_CAPACITY, WorkQueue
+from dinoembed.watcher.scan import Scanner, ScanReport, count_images
+from dinoembed.watcher.settle import SettlePolicy
+from dinoembed.watcher.sidecars import Sidecars
+from dinoembed.watcher.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +48,6 @@ SUMMARY_SECONDS = 60.0
 TICK_SECONDS = 1.0
 EXIT_ROOT_GONE = 1
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"
-
-
-def watch_recursive(settings: Settings) -> bool:
-    """Watching is recursive unless the user set ``recursive`` (flag or environment)."""
-    return True if settings.recursive is None else settings.recursive
 
 
 class _OverflowSignal(logging.Handler):
@@ -84,7 +78,7 @@ class WatchDaemon:
         settings: Settings,
         directory: Path,
         *,
-        embedder: Embedder | None = None,
+        embedder: Embedder | Callable[[], Embedder],
         capacity: int = DEFAULT_CAPACITY,
         summary_seconds: float = SUMMARY_SECONDS,
         native_observer: ObserverFactory | None = None,
@@ -96,7 +90,7 @@ class WatchDaemon:
         if self.root.is_symlink():
             # inotify would watch the link itself (watchdog does not follow it): watch its target.
             self.root = self.root.resolve()
-        self.recursive = watch_recursive(settings)
+        self.recursive = settings.recursive_for("watch")
         self.capacity = capacity
         self.summary_seconds = summary_seconds
         self.native_observer = native_observer
@@ -128,7 +122,8 @@ class WatchDaemon:
 
     def run(self, *, once: bool = False) -> int:
         """Watch until :meth:`stop` (or, with ``once``, until the backlog is done)."""
-        parts = self._assemble(self._embedder or build_embedder(self.settings))
+        embedder = self._embedder if isinstance(self._embedder, Embedder) else self._embedder()
+        parts = self._assemble(embedder)
         overflow = _OverflowSignal(self._events_lost)
         logging.getLogger(INOTIFY_LOGGER).addHandler(overflow)
         observer = None
@@ -328,14 +323,19 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 def _log_per_image() -> None:
     """The watcher logs one line per image at INFO even without ``-v``."""
-    logger = logging.getLogger("watcher")
+    logger = logging.getLogger("dinoembed.watcher")
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
 
 
-def run_watch(settings: Settings, directory: Path, *, once: bool) -> int:
-    """Entry point of ``dinoembed watch DIR [--once]``: 0 after a clean stop."""
+def run_watch(
+    settings: Settings, directory: Path, *, once: bool, embedder: Callable[[], Embedder]
+) -> int:
+    """Entry point of ``dinoembed watch DIR [--once]``: 0 after a clean stop.
+
+    ``embedder`` builds the pipeline (the command line's composition root passes it), called
+    once the folder is known to exist, so a typo never costs a model download."""
     _log_per_image()
-    daemon = WatchDaemon(settings, directory)
+    daemon = WatchDaemon(settings, directory, embedder=embedder)
     with _stop_on_signals(daemon.stop):
         return daemon.run(once=once)

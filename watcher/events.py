@@ -26,7 +26,7 @@ from watchdog.events import (
 
 from dinoembed.local import looks_like_image
 from dinoembed.results import is_sidecar, is_temp_file
-from watcher.queue import Touch, WorkQueue
+from dinoembed.watcher.queue import Touch, WorkQueue
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from watcher.events import EnqueueHandler
+from dinoembed.watcher.events import EnqueueHandler
 
 log = logging.getLogger(__name__)
 

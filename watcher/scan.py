@@ -19,8 +19,8 @@ from pathlib import Path
 
 from dinoembed.local import looks_like_image
 from dinoembed.results import is_sidecar, is_temp_file
-from watcher.queue import Touch, WorkQueue
-from watcher.sidecars import Sidecars, State
+from dinoembed.watcher.queue import Touch, WorkQueue
+from dinoembed.watcher.sidecars import Sidecars, State
 
 log = logging.getLogger(__name__)
 

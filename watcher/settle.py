@@ -20,7 +20,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass
 
-from watcher.queue import NEVER, Pending, Verdict
+from dinoembed.watcher.queue import NEVER, Pending, Verdict
 
 UNCLOSED_GRACE_SECONDS = 30.0
 MIN_RECHECK_SECONDS = 0.02

@@ -21,9 +21,9 @@ from dinoembed.errors import SourceGoneError, TransientError
 from dinoembed.local import local_item
 from dinoembed.pipeline import Embedder, ImageItem, Outcome
 from dinoembed.results import SourceInfo
-from watcher.queue import Pending, Touch, WorkQueue
-from watcher.settle import SettlePolicy
-from watcher.sidecars import Sidecars, State
+from dinoembed.watcher.queue import Pending, Touch, WorkQueue
+from dinoembed.watcher.settle import SettlePolicy
+from dinoembed.watcher.sidecars import Sidecars, State
 
 log = logging.getLogger(__name__)
 

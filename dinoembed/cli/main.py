@@ -1,17 +1,16 @@
-"""The ``dinoembed`` command line: JSON results on stdout, logs on stderr."""
+"""The ``dinoembed`` parser and dispatch: JSON results on stdout, logs on stderr."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
+from dinoembed.cli import wiring
 from dinoembed.errors import DinoEmbedError
 from dinoembed.settings import Settings
 
@@ -117,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("source", type=Path, metavar="IN")
     quantize.add_argument("out", type=Path, metavar="OUT")
-    from dinoembed.commands_use import add_use_commands
+    from dinoembed.cli.use import add_use_commands
 
     add_use_commands(sub, _add_embed_options)
     return parser
@@ -154,93 +153,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "embed":
-        from dinoembed.commands import run_embed
+        from dinoembed.cli.embed import run_embed
 
         return run_embed(settings, args.paths)
     if args.command == "watch":
-        from watcher.daemon import run_watch
-
-        return run_watch(settings, args.directory, once=getattr(args, "once", False))
-    if args.command != "model":
-        from dinoembed.commands_use import run_use
-
-        return run_use(args, settings)
-    return _model_command(args, settings)
-
-
-def _model_command(args: argparse.Namespace, settings: Settings) -> int:
-    if args.model_command == "quantize":
-        return _quantize(args.source, args.out)
-    if args.model_command == "standin":
-        from dinoembed.standin import VitConfig, build_tiny, build_vit
-
-        seed = getattr(args, "seed", 0)
-        if getattr(args, "tiny", False):
-            build_tiny(args.out, seed=seed)
-        else:
-            build_vit(args.out, VitConfig(seed=seed))
-        print(
-            json.dumps(
-                {
-                    "path": str(args.out),
-                    "standin": True,
-                    "note": "random weights: not real DINOv2 embeddings",
-                }
-            )
+        with wiring.needs_extra("dinoembed watch"):
+            from dinoembed.watcher.daemon import run_watch
+        return run_watch(
+            settings,
+            args.directory,
+            once=getattr(args, "once", False),
+            embedder=lambda: wiring.embedder(settings),
         )
-        return EXIT_OK
-    from dinoembed.model_store import ModelSource, ModelStore
+    if args.command == "model":
+        from dinoembed.cli.model import run_model
 
-    resolved = ModelStore(settings.cache_dir).resolve(ModelSource.from_settings(settings))
-    report: dict[str, Any] = {
-        "path": str(resolved.path),
-        "sha256": resolved.sha256,
-        "name": resolved.name,
-        "origin": resolved.origin,
-    }
-    if args.model_command == "info":
-        report.update(_describe(resolved.path, settings))
-    print(json.dumps(report))
-    return EXIT_OK
+        return run_model(args, settings)
+    from dinoembed.cli.use import run_use
 
-
-def _quantize(source: Path, out: Path) -> int:
-    from dinoembed.quantize import quantize_model
-
-    report = quantize_model(source, out)
-    print(
-        json.dumps(
-            {
-                "path": str(report.output),
-                "source": str(report.source),
-                "bytes": report.output_bytes,
-                "source_bytes": report.source_bytes,
-                "dim": report.dim,
-                "note": "int8: check its agreement with the float32 model on your images",
-            }
-        )
-    )
-    return EXIT_OK
-
-
-def _describe(path: Path, settings: Settings) -> dict[str, Any]:
-    from dinoembed.engine import create_session, inspect_session, is_standin
-
-    session = create_session(path, settings.threads)
-    spec = inspect_session(session)
-    return {
-        "inputs": [
-            {"name": i.name, "shape": list(i.shape), "type": i.type} for i in session.get_inputs()
-        ],
-        "outputs": [
-            {"name": o.name, "shape": list(o.shape), "type": o.type} for o in session.get_outputs()
-        ],
-        "input_size": spec.input_size,
-        "dim": spec.dim,
-        "batch": spec.batch_mode,
-        "standin": is_standin(session),
-    }
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return run_use(args, settings)

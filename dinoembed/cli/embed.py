@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dinoembed.cli import wiring
 from dinoembed.local import expand_paths, local_item, sidecar_path
-from dinoembed.pipeline import build_embedder
 from dinoembed.progress import Progress
 from dinoembed.results import EmbeddingResult, write_sidecar
 from dinoembed.settings import Settings
@@ -18,11 +18,13 @@ log = logging.getLogger(__name__)
 
 def run_embed(settings: Settings, paths: Sequence[Path]) -> int:
     """Print one JSON result per image, in input order. 0 when all succeeded, else 1."""
-    files = list(expand_paths(paths, settings.output_suffix, recursive=bool(settings.recursive)))
+    files = list(
+        expand_paths(paths, settings.output_suffix, recursive=settings.recursive_for("embed"))
+    )
     if not files:
         log.warning("no images found in %s", " ".join(str(p) for p in paths))
         return 0
-    embedder = build_embedder(settings)
+    embedder = wiring.embedder(settings)
     failed = 0
     out = sys.stdout
     with Progress(len(files)) as progress:

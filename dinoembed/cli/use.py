@@ -1,8 +1,8 @@
 """``dinoembed similar | dupes | cluster | report | backfill | export``: using a collection.
 
 A collection is a local folder (recursive unless ``--no-recursive``) or an
-``s3://bucket/prefix``; S3 support comes from ``handler/`` (boto3), imported only
-when an S3 location is named.
+``s3://bucket/prefix``; S3 support comes from ``dinoembed.handler`` (boto3), through
+:mod:`dinoembed.cli.wiring`, only when an S3 location is named.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dinoembed.cli import wiring
 from dinoembed.clustering import MIN_SIZE, Clustering, density, kmeans
 from dinoembed.collection import (
     Collection,
     CollectionCache,
     Entry,
-    FolderSource,
     MixedModelsError,
     SidecarSource,
     load_collection,
@@ -126,30 +126,10 @@ def run_use(args: argparse.Namespace, settings: Settings) -> int:
         options = ClusterOptions(getattr(args, "k", None), getattr(args, "min_size", MIN_SIZE))
         return run_cluster(settings, args.collection, options, getattr(args, "json", False))
     if args.command == "backfill":
+        from dinoembed.cli.backfill import run_backfill
+
         return run_backfill(settings, args.collection, getattr(args, "queue_url", None))
     return run_export(settings, args.collection, args.export_format, args.out)
-
-
-def is_s3(location: str) -> bool:
-    return location.startswith("s3://")
-
-
-def recursive(settings: Settings) -> bool:
-    """Collections are recursive unless the user set ``recursive`` (as ``watch`` does)."""
-    return True if settings.recursive is None else settings.recursive
-
-
-def open_source(location: str, settings: Settings) -> SidecarSource:
-    if is_s3(location):
-        from handler.collection_s3 import S3SidecarSource, parse_s3_uri
-        from handler.s3io import make_client
-
-        bucket, prefix = parse_s3_uri(location)
-        return S3SidecarSource(make_client(), bucket, prefix, settings.output_suffix)
-    root = Path(location)
-    if not root.is_dir():
-        raise ConfigError(f"{location}: not a folder or s3://bucket/prefix")
-    return FolderSource(root, settings.output_suffix, recursive=recursive(settings))
 
 
 def open_collection(location: str, settings: Settings) -> Collection:
@@ -161,7 +141,7 @@ def open_collection_with_source(
     location: str, settings: Settings
 ) -> tuple[Collection, SidecarSource, CollectionCache]:
     """The collection, the source it came from and its cache (to measure facts later)."""
-    source = open_source(location, settings)
+    source = wiring.open_source(location, settings)
     cache = CollectionCache.for_location(
         settings.cache_dir, source.location, settings.output_suffix
     )
@@ -217,14 +197,12 @@ def run_similar(
 def query_vector(query: str, collection: Collection, settings: Settings) -> tuple[Any, str]:
     """The query's unit vector and the path it stands for (left out of its own results)."""
     if query.endswith(settings.output_suffix):
-        result = EmbeddingResult.model_validate_json(_read(query, settings))
+        result = EmbeddingResult.model_validate_json(wiring.read_location(query))
         _same_model(collection.model, result.model, f"the query sidecar {query}", "re-embed it")
     else:
         if "preprocess" not in settings.model_fields_set and collection.model is not None:
             settings = settings.model_copy(update={"preprocess": collection.model.preprocess})
-        from dinoembed.pipeline import build_embedder
-
-        embedder = build_embedder(settings)
+        embedder = wiring.embedder(settings)
         hint = "use the collection's model (--model or DINOEMBED_MODEL_PATH)"
         _same_model(collection.model, embedder.model, "the loaded model", hint)
         outcome = embedder.embed_one(_query_item(query, settings))
@@ -246,25 +224,12 @@ def _same_model(expected: ModelInfo | None, got: ModelInfo, what: str, hint: str
         )
 
 
-def _read(location: str, settings: Settings) -> bytes:
-    if is_s3(location):
-        from handler.collection_s3 import parse_s3_uri
-        from handler.s3io import S3Objects, make_client
-
-        bucket, key = parse_s3_uri(location)
-        return S3Objects(make_client()).read(bucket, key, etag=None, version_id=None)
-    try:
-        return Path(location).read_bytes()
-    except OSError as err:
-        raise ConfigError(f"{location}: cannot read: {err.strerror or err}") from err
-
-
 def _query_item(query: str, settings: Settings) -> ImageItem:
     from dinoembed.local import local_item
     from dinoembed.pipeline import ImageItem
 
-    if is_s3(query):
-        return ImageItem(file_path=query, load=lambda: _read(query, settings))
+    if wiring.is_s3(query):
+        return ImageItem(file_path=query, load=lambda: wiring.read_location(query))
     if not Path(query).is_file():
         raise ConfigError(f"{query}: no such image file")
     return local_item(Path(query))
@@ -432,18 +397,6 @@ def run_report(
 
 def _model_json(model: ModelInfo | None) -> dict[str, Any] | None:
     return model.model_dump() if model else None
-
-
-def run_backfill(settings: Settings, location: str, queue_url: str | None) -> int:
-    if not is_s3(location):
-        if queue_url:
-            raise ConfigError("--queue-url is for s3:// locations (folders are embedded here)")
-        from watcher.daemon import run_watch
-
-        return run_watch(settings, Path(location), once=True)
-    from dinoembed.commands_backfill import backfill_s3
-
-    return backfill_s3(settings, location, queue_url)
 
 
 def run_export(settings: Settings, location: str, fmt: str, out: Path) -> int:

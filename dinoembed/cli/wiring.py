@@ -1,0 +1,92 @@
+"""What the command line builds from settings: model store, embedder, S3 clients, sources.
+
+The S3 pieces come from ``dinoembed.handler`` (boto3) and are imported only when an
+``s3://`` location or model URL is named, so a core-only install never needs boto3;
+a missing extra is reported by :func:`needs_extra` as a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dinoembed.collection import FolderSource, SidecarSource
+from dinoembed.errors import ConfigError
+from dinoembed.fetchers import default_fetchers
+from dinoembed.model_store import ModelStore
+from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.settings import Settings
+
+# The third-party packages behind each extra (pyproject.toml [project.optional-dependencies]).
+EXTRAS = {"boto3": "lambda", "botocore": "lambda", "aws_lambda_powertools": "lambda"}
+EXTRAS |= {"watchdog": "watch", "onnx": "standin", "pyarrow": "export"}
+
+
+@contextlib.contextmanager
+def needs_extra(what: str) -> Iterator[None]:
+    """Turn the ImportError of a missing optional dependency into a ConfigError naming it."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        missing = (err.name or "").split(".")[0]
+        if missing not in EXTRAS:
+            raise
+        raise ConfigError(
+            f"{what} needs {missing}: pip install 'dinoembed[{EXTRAS[missing]}]'"
+        ) from err
+
+
+def is_s3(location: str) -> bool:
+    return location.startswith("s3://")
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client (endpoint and region from the standard AWS variables)."""
+    with needs_extra("s3:// locations"):
+        from dinoembed.handler.s3io import make_client
+    return make_client()
+
+
+def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
+    """The model store, with the ``s3://`` fetcher when the model URL needs it."""
+    if not is_s3(settings.model_url):
+        return ModelStore(settings.cache_dir, default_fetchers())
+    with needs_extra("an s3:// model URL"):
+        from dinoembed.handler.model_fetch import fetchers_with_s3
+    return ModelStore(settings.cache_dir, fetchers_with_s3(client))
+
+
+def embedder(settings: Settings, client: Any | None = None) -> Embedder:
+    """Resolve (download if need be) the model and build the pipeline: once per command."""
+    return build_embedder(settings, model_store(settings, client))
+
+
+def open_source(location: str, settings: Settings) -> SidecarSource:
+    """The sidecars of a folder or an ``s3://bucket/prefix``."""
+    if is_s3(location):
+        with needs_extra("s3:// locations"):
+            from dinoembed.handler.collection_s3 import S3SidecarSource, parse_s3_uri
+        bucket, prefix = parse_s3_uri(location)
+        return S3SidecarSource(s3_client(), bucket, prefix, settings.output_suffix)
+    root = Path(location)
+    if not root.is_dir():
+        raise ConfigError(f"{location}: not a folder or s3://bucket/prefix")
+    return FolderSource(
+        root, settings.output_suffix, recursive=settings.recursive_for("collection")
+    )
+
+
+def read_location(location: str) -> bytes:
+    """The bytes of a local file or an ``s3://bucket/key`` object."""
+    if is_s3(location):
+        with needs_extra("s3:// locations"):
+            from dinoembed.handler.collection_s3 import parse_s3_uri
+            from dinoembed.handler.s3io import S3Objects
+        bucket, key = parse_s3_uri(location)
+        return S3Objects(s3_client()).read(bucket, key, etag=None, version_id=None)
+    try:
+        return Path(location).read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{location}: cannot read: {err.strerror or err}") from err

@@ -1,0 +1,113 @@
+"""The layout's dependency rule (SPEC section 1) holds on the whole import graph.
+
+import-linter checks the contracts in pyproject.toml (every ``import``, function
+bodies included); these tests run it, show that it catches a violation hidden in a
+function body, keep its list of core modules complete, and check that the wheel
+installs exactly one top-level name.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+ADAPTERS = {"cli", "handler", "watcher"}
+
+
+def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(cwd / "pyproject.toml"), "--no-cache"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def contracts() -> list[dict[str, object]]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    found: list[dict[str, object]] = config["tool"]["importlinter"]["contracts"]
+    return found
+
+
+def test_the_import_contracts_are_kept() -> None:
+    run = lint_imports(ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 broken" in run.stdout
+
+
+def test_every_core_module_is_bound_by_the_core_contract() -> None:
+    # GIVEN the modules of the core: everything in dinoembed/ outside the adapters
+    core = {
+        f"dinoembed.{p.stem}"
+        for p in (ROOT / "dinoembed").glob("*.py")
+        if p.name not in ("__init__.py", "__main__.py")
+    }
+    core |= {
+        f"dinoembed.{p.name}"
+        for p in (ROOT / "dinoembed").iterdir()
+        if p.is_dir() and p.name not in ADAPTERS and (p / "__init__.py").exists()
+    }
+    # THEN the first contract lists each of them (a new module cannot slip past the rule)
+    listed = set(contracts()[0]["source_modules"])  # type: ignore[call-overload]
+    assert core == listed
+
+
+@pytest.mark.parametrize(
+    ("module", "imported"),
+    [
+        ("imaging", "boto3"),
+        ("collection", "dinoembed.handler.s3io"),
+        ("pipeline", "watchdog"),
+        ("results", "dinoembed.cli"),
+    ],
+)
+def test_a_forbidden_import_inside_a_function_breaks_the_contract(
+    tmp_path: Path, module: str, imported: str
+) -> None:
+    # GIVEN a copy of the package where a core module imports an adapter inside a function
+    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / "dinoembed" / f"{module}.py"
+    with target.open("a") as fh:
+        fh.write(f"\n\ndef _sneaky() -> None:\n    import {imported}  # noqa\n")
+    # WHEN import-linter checks the copy
+    run = lint_imports(tmp_path)
+    # THEN the core contract is broken, naming the import
+    assert run.returncode != 0
+    assert f"dinoembed.{module} -> {imported}" in run.stdout
+
+
+def test_the_adapters_may_not_import_each_other(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    with (tmp_path / "dinoembed" / "handler" / "events.py").open("a") as fh:
+        fh.write("\n\ndef _sneaky() -> None:\n    import dinoembed.watcher.scan  # noqa\n")
+    run = lint_imports(tmp_path)
+    assert run.returncode != 0
+    assert "never import each other BROKEN" in run.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_adds_one_top_level_name(tmp_path: Path) -> None:
+    # WHEN the distribution is built as pip would install it
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("dinoembed-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    # THEN dinoembed is its only top-level package, with both adapters inside it
+    top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
+    assert top == {"dinoembed"}
+    assert "dinoembed/handler/app.py" in names and "dinoembed/watcher/daemon.py" in names
+    assert "dinoembed/cli/main.py" in names
