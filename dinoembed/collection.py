@@ -29,8 +29,10 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 from filelock import FileLock
 
+from dinoembed.atomic import is_temp_file, write_atomic
 from dinoembed.errors import PermanentError, SourceGoneError
-from dinoembed.results import EmbeddingResult, ModelInfo, image_name, is_temp_file, write_atomic
+from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.sidecars import image_name
 from dinoembed.similarity import Matrix, normalize_rows
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,10 @@ class FolderSource:
                 yield name, None
 
     def open_image(self, sidecar: str) -> BinaryIO:
-        path = self.root / image_name(sidecar, self.suffix)
+        name = image_name(sidecar, self.suffix)
+        if name is None:
+            raise SourceGoneError(f"{sidecar}: not a sidecar name, so no image")
+        path = self.root / name
         try:
             return path.open("rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
@@ -202,7 +207,7 @@ class _Fresh:
 
 def _parse(name: str, stamp: str, data: bytes, guard: _ModelGuard, fresh: _Fresh) -> None:
     try:
-        result = EmbeddingResult.model_validate_json(data)
+        result = EmbeddingResult.read_json(data)
     except ValueError as err:
         log.warning("%s: not a dinoembed sidecar, skipped (%s)", name, type(err).__name__)
         fresh.entries[name] = Entry(name, stamp, "", None)

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dinoembed.atomic import write_atomic
 from dinoembed.collection import Collection
 from dinoembed.errors import ConfigError
-from dinoembed.results import write_atomic
 
 ExportFormat = Literal["npy", "parquet"]
 METADATA_KEY = b"dinoembed"

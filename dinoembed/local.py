@@ -6,8 +6,9 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from dinoembed.atomic import is_temp_file
 from dinoembed.pipeline import ImageItem
-from dinoembed.results import ModelInfo, SourceInfo, is_temp_file, read_sidecar
+from dinoembed.results import SourceInfo
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -35,10 +36,6 @@ def looks_like_image(path: Path, suffix: str) -> bool:
     if name.endswith(suffix) or is_temp_file(name):
         return False
     return path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def sidecar_path(image: Path, suffix: str) -> Path:
-    return image.with_name(image.name + suffix)
 
 
 def iter_images(root: Path, suffix: str, *, recursive: bool) -> Iterator[Path]:
@@ -75,15 +72,3 @@ def local_item(path: Path) -> ImageItem:
     except OSError:
         source = SourceInfo()
     return ImageItem(file_path=str(absolute), load=lambda: absolute, source=source)
-
-
-def sidecar_is_current(image: Path, suffix: str, model: ModelInfo) -> bool:
-    """A sidecar newer than its image, made by the same model and preprocessing."""
-    sidecar = sidecar_path(image, suffix)
-    try:
-        if sidecar.stat().st_mtime < image.stat().st_mtime:
-            return False
-    except OSError:
-        return False
-    existing = read_sidecar(sidecar)
-    return existing is not None and existing.model == model

@@ -1,21 +1,31 @@
-"""The result (sidecar) schema, sidecar naming and atomic sidecar writing."""
+"""The result (sidecar) schema: strict for writers, tolerant for readers.
+
+Writers emit exactly this schema (unknown fields are refused when a result is built
+in code). Readers go through :meth:`EmbeddingResult.read_json`, which ignores fields
+this version does not know, as a newer version may add some; naming, reading and
+judging sidecars is :mod:`dinoembed.sidecars`.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-SCHEMA_VERSION: Literal[1] = 1
-TEMP_SUFFIX = ".tmp"
+SCHEMA_VERSION = 1
+_TOLERANT = {"tolerant": True}
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ignore_unknown_fields_when_reading(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and info.context and info.context.get("tolerant"):
+            return {k: v for k, v in data.items() if k in cls.model_fields}
+        return data
 
 
 class Embedding(_Frozen):
@@ -34,12 +44,14 @@ class ModelInfo(_Frozen):
 
 
 class SourceInfo(_Frozen):
+    """What is known of the image the result describes; every field is optional."""
+
     size: int | None = None
     etag: str | None = None
     version_id: str | None = None
     mtime: float | None = None
-    sha256: str | None = None
-    width: int | None = None
+    sha256: str | None = None  # of the image's bytes
+    width: int | None = None  # after EXIF orientation
     height: int | None = None
 
 
@@ -48,7 +60,7 @@ def utc_now() -> str:
 
 
 class EmbeddingResult(_Frozen):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     file_path: str
     status: Literal["success", "error"]
     embedding: Embedding | None = None
@@ -64,56 +76,11 @@ class EmbeddingResult(_Frozen):
     def to_json(self) -> str:
         return self.model_dump_json()
 
+    def to_bytes(self) -> bytes:
+        """The sidecar's content: one JSON line."""
+        return self.model_dump_json().encode() + b"\n"
 
-def sidecar_name(image_name: str, suffix: str) -> str:
-    """``photos/cat.jpg`` -> ``photos/cat.jpg.dinov2.json`` (works for keys and paths)."""
-    return image_name + suffix
-
-
-def is_sidecar(name: str, suffix: str) -> bool:
-    return name.endswith(suffix)
-
-
-def image_name(sidecar: str, suffix: str) -> str:
-    """The inverse of :func:`sidecar_name`: ``photos/cat.jpg.dinov2.json`` -> ``photos/cat.jpg``."""
-    if not sidecar.endswith(suffix) or len(sidecar) == len(suffix):
-        raise ValueError(f"{sidecar}: not a sidecar name (suffix {suffix})")
-    return sidecar[: -len(suffix)]
-
-
-def is_temp_file(name: str) -> bool:
-    """Temp files made by :func:`write_atomic`: hidden and ending in ``.tmp``."""
-    base = Path(name).name
-    return base.startswith(".") and base.endswith(TEMP_SUFFIX)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` so that a reader sees either the old file or the whole new one.
-
-    The temp file lives in the same folder (so ``os.replace`` is atomic), is
-    fsynced before the rename, and is removed if anything fails.
-    """
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.chmod(0o644)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_sidecar(result: EmbeddingResult, path: Path) -> None:
-    write_atomic(path, result.model_dump_json(indent=None).encode() + b"\n")
-
-
-def read_sidecar(path: Path) -> EmbeddingResult | None:
-    """The sidecar at ``path``, or None when it is missing or unreadable."""
-    try:
-        return EmbeddingResult.model_validate_json(path.read_bytes())
-    except (OSError, ValueError):
-        return None
+    @classmethod
+    def read_json(cls, data: bytes | str) -> EmbeddingResult:
+        """Parse a result written by this or a newer version (unknown fields ignored)."""
+        return cls.model_validate_json(data, context=_TOLERANT)

@@ -32,7 +32,8 @@ from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects, client_config, map_error
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Embedder
-from dinoembed.results import EmbeddingResult, image_name, is_sidecar, sidecar_name, utc_now
+from dinoembed.results import EmbeddingResult, utc_now
+from dinoembed.sidecars import image_name, is_sidecar, sidecar_name
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class S3SidecarSource:
         """The image object (its key is the sidecar's minus the suffix), read whole: hashing
         needs every byte anyway, and a thumbnail decoder needs a seekable stream."""
         key = image_name(sidecar, self.suffix)
+        if key is None:
+            raise SourceGoneError(f"s3://{self.bucket}/{sidecar}: not a sidecar key, so no image")
         data = S3Objects(self.client).read(self.bucket, key, etag=None, version_id=None)
         return io.BytesIO(data)
 
@@ -157,7 +160,7 @@ def stale_images(
     recorded: dict[str, tuple[str | None, str, str]] = {}
     for key, data in read_objects(client, bucket, to_check):
         try:
-            result = EmbeddingResult.model_validate_json(data or b"")
+            result = EmbeddingResult.read_json(data or b"")
         except ValueError:
             continue
         recorded[key] = (result.source.etag, result.model.sha256, result.model.preprocess)

@@ -30,7 +30,8 @@ from dinoembed.handler.s3io import ObjectMeta, S3Objects, Sidecar
 from dinoembed.imaging import check_byte_size
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Embedder, ImageItem
-from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo, is_sidecar, sidecar_name
+from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.sidecars import is_sidecar, sidecar_name
 
 log = logging.getLogger(__name__)
 

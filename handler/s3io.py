@@ -170,7 +170,7 @@ class S3Objects:
                 return None
             raise mapped from err
         try:
-            result: EmbeddingResult | None = EmbeddingResult.model_validate_json(body)
+            result: EmbeddingResult | None = EmbeddingResult.read_json(body)
         except ValueError:
             log.warning("existing sidecar s3://%s/%s is unreadable; replacing it", bucket, key)
             result = None

@@ -20,7 +20,8 @@ from PIL import Image, ImageEnhance
 
 from dinoembed.cli import main
 from dinoembed.facts import measure
-from dinoembed.results import SourceInfo, write_sidecar
+from dinoembed.results import SourceInfo
+from dinoembed.sidecars import write_sidecar
 from tests.helpers import encode
 from tests.test_use_support import SUFFIX, result
 

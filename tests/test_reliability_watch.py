@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinoembed.atomic import is_temp_file
 from dinoembed.local import local_item
 from dinoembed.pipeline import Embedder, ImageItem, Outcome
-from dinoembed.results import is_temp_file, read_sidecar
+from dinoembed.sidecars import read_sidecar
 from tests.reliability_plugin import tried
 from tests.test_watch_support import (
     SUFFIX,

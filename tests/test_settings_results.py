@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from dinoembed.results import (
-    EmbeddingResult,
-    ModelInfo,
-    is_sidecar,
-    is_temp_file,
-    read_sidecar,
-    sidecar_name,
-    write_atomic,
-    write_sidecar,
-)
+from dinoembed.atomic import is_temp_file, write_atomic
+from dinoembed.results import Embedding, EmbeddingResult, ModelInfo
 from dinoembed.settings import Settings
+from dinoembed.sidecars import is_sidecar, parse_result, read_sidecar, sidecar_name, write_sidecar
 
 MODEL = ModelInfo(name="m", sha256="a" * 64, preprocess="center-crop", input_size=224)
 
@@ -88,6 +82,31 @@ def test_result_schema_forbids_unknown_fields_and_round_trips() -> None:
         EmbeddingResult.model_validate(data | {"surprise": 1})
 
 
+def test_readers_ignore_fields_a_newer_version_adds_at_any_depth() -> None:
+    # GIVEN a sidecar as a later version might write it: new fields at the top and nested
+    result = EmbeddingResult(
+        file_path="/x.jpg",
+        status="success",
+        embedding=Embedding(embedding=[0.6, 0.8], embedding_dim=2, normalized=True),
+        model=MODEL,
+    )
+    doc = json.loads(result.to_json())
+    doc["tags"] = ["cat"]
+    doc["model"]["quantized"] = False
+    doc["source"]["exif"] = {"Make": "Apple"}
+    doc["embedding"]["dtype"] = "float32"
+    # WHEN it is read THEN the known fields come back and the unknown ones are ignored
+    assert parse_result(json.dumps(doc).encode()) == result
+    # AND a writer still emits exactly the schema
+    assert set(json.loads(result.to_bytes())) == set(EmbeddingResult.model_fields)
+
+
+def test_a_reader_refuses_what_is_not_a_result() -> None:
+    assert parse_result(b'{"hello": "world"}') is None
+    assert parse_result(b"not json") is None
+    assert parse_result(b'{"schema_version": 0, "file_path": "x"}') is None
+
+
 def test_sidecar_naming() -> None:
     assert sidecar_name("photos/cat.jpg", ".dinov2.json") == "photos/cat.jpg.dinov2.json"
     assert is_sidecar("photos/cat.jpg.dinov2.json", ".dinov2.json")
@@ -111,7 +130,7 @@ def test_failed_atomic_write_keeps_the_old_file_and_cleans_up(
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("dinoembed.results.os.fsync", disk_full)
+    monkeypatch.setattr("dinoembed.atomic.os.fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         write_atomic(target, b"new")
     assert target.read_text() == "old"

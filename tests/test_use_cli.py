@@ -22,7 +22,7 @@ from PIL import Image
 
 from dinoembed.cli import main
 from dinoembed.collection import FolderSource, load_collection
-from dinoembed.results import read_sidecar
+from dinoembed.sidecars import read_sidecar
 from tests.helpers import encode, make_probe
 from tests.test_use_support import SUFFIX
 

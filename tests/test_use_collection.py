@@ -17,7 +17,8 @@ from dinoembed.collection import (
     collection_from_sidecars,
     load_collection,
 )
-from dinoembed.results import ModelInfo, write_sidecar
+from dinoembed.results import ModelInfo
+from dinoembed.sidecars import write_sidecar
 from tests.test_use_support import MODEL_A, MODEL_B, SUFFIX, result, unit_rows, write_folder
 
 

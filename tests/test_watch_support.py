@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dinoembed.atomic import is_temp_file
 from dinoembed.pipeline import Embedder
-from dinoembed.results import EmbeddingResult, is_temp_file, read_sidecar
+from dinoembed.results import EmbeddingResult
 from dinoembed.settings import Settings
+from dinoembed.sidecars import read_sidecar
 from dinoembed.watcher.daemon import WatchDaemon
 
 SUFFIX = ".dinov2.json"

@@ -24,8 +24,9 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
+from dinoembed.atomic import is_temp_file
 from dinoembed.local import looks_like_image
-from dinoembed.results import is_sidecar, is_temp_file
+from dinoembed.sidecars import is_sidecar
 from dinoembed.watcher.queue import Touch, WorkQueue
 
 log = logging.getLogger(__name__)

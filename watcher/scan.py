@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dinoembed.atomic import is_temp_file
 from dinoembed.local import looks_like_image
-from dinoembed.results import is_sidecar, is_temp_file
+from dinoembed.sidecars import is_sidecar
 from dinoembed.watcher.queue import Touch, WorkQueue
 from dinoembed.watcher.sidecars import Sidecars, State
 

@@ -17,8 +17,8 @@ import logging
 import os
 from pathlib import Path
 
-from dinoembed.local import sidecar_path
-from dinoembed.results import EmbeddingResult, ModelInfo, read_sidecar, write_sidecar
+from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.sidecars import read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 

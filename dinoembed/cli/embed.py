@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dinoembed.cli import wiring
-from dinoembed.local import expand_paths, local_item, sidecar_path
+from dinoembed.local import expand_paths, local_item
 from dinoembed.progress import Progress
-from dinoembed.results import EmbeddingResult, write_sidecar
+from dinoembed.results import EmbeddingResult
 from dinoembed.settings import Settings
+from dinoembed.sidecars import sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 

@@ -197,7 +197,7 @@ def run_similar(
 def query_vector(query: str, collection: Collection, settings: Settings) -> tuple[Any, str]:
     """The query's unit vector and the path it stands for (left out of its own results)."""
     if query.endswith(settings.output_suffix):
-        result = EmbeddingResult.model_validate_json(wiring.read_location(query))
+        result = EmbeddingResult.read_json(wiring.read_location(query))
         _same_model(collection.model, result.model, f"the query sidecar {query}", "re-embed it")
     else:
         if "preprocess" not in settings.model_fields_set and collection.model is not None:
