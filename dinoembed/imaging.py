@@ -48,6 +48,36 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 
 
+# Pillow plugins asked to *name* a file outside the allowlist (never to decode it):
+# each only parses a header when opened, and none runs an external program (EPS,
+# which Pillow hands to Ghostscript, and WMF are left out; PDF/EPS/PSD/SVG are named
+# by their signatures above before this runs). Formats recognised by a magic number
+# come first; TGA, which has none, comes last so it cannot claim another format's file.
+_PROBE_FORMATS = (
+    "ICO",
+    "CUR",
+    "PPM",
+    "PCX",
+    "DCX",
+    "SGI",
+    "QOI",
+    "DDS",
+    "ICNS",
+    "BLP",
+    "FLI",
+    "FTEX",
+    "GBR",
+    "IM",
+    "MSP",
+    "SUN",
+    "XBM",
+    "XPM",
+    "TGA",
+)
+# Pillow's one "PPM" plugin reads the whole Netpbm family; its magic says which it is.
+_NETPBM = {b"P1": "PBM", b"P4": "PBM", b"P2": "PGM", b"P5": "PGM", b"P7": "PAM", b"Pf": "PFM"}
+
+
 def _heif_available() -> bool:
     """Register pillow-heif's opener once, if it is installed."""
     with _heif_lock:
@@ -82,6 +112,22 @@ def sniff_format(head: bytes) -> str | None:
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypheif"):
         return "HEIC/HEIF (install dinoembed[heif])"
     return None
+
+
+def probe_format(fh: BinaryIO, head: bytes) -> str | None:
+    """Name a real image in a format outside the allowlist from its header, without
+    decoding it (``Image.open`` is lazy), with the safe plugins of ``_PROBE_FORMATS``."""
+    fh.seek(0)
+    try:
+        with Image.open(fh, formats=_PROBE_FORMATS) as img:
+            name = img.format
+    except Exception:  # whatever a plugin raises, the file is not identified
+        return None
+    finally:
+        fh.seek(0)
+    if name == "PPM":
+        return _NETPBM.get(head[:2], "PPM")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +221,7 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
     try:
         img = Image.open(fh, formats=allowed_formats())
     except UnidentifiedImageError as err:
-        name = sniff_format(head)
+        name = sniff_format(head) or probe_format(fh, head)
         if name is not None:
             raise UnsupportedFormatError(f"unsupported format: {name}") from err
         raise NotAnImageError("not an image: the data is not a recognised image format") from err

@@ -28,6 +28,7 @@ from dinoembed.handler.model_fetch import fetchers_with_s3
 from dinoembed.handler.observability import Tally, make_logger, make_metrics, publish
 from dinoembed.handler.process import Processor, Report
 from dinoembed.handler.s3io import S3Objects, make_client
+from dinoembed.logs import capture_library_warnings
 from dinoembed.model_store import ModelStore
 from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
@@ -72,6 +73,7 @@ def runtime() -> Runtime:
     global _runtime
     if _runtime is None:
         logger = make_logger()  # configures the "dinoembed" loggers before anything logs
+        capture_library_warnings()  # Pillow's warnings become log records, not raw stderr
         _runtime = Runtime(Settings(), make_client(), logger, make_metrics())
     return _runtime
 

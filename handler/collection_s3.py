@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -32,7 +33,7 @@ from dinoembed.handler.s3io import S3Objects, client_config, map_error
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Pipeline
 from dinoembed.results import SourceInfo, utc_now
-from dinoembed.sidecars import Recipe, is_sidecar, judge, parse_result, sidecar_name
+from dinoembed.sidecars import Recipe, image_name, is_sidecar, judge, parse_result, sidecar_name
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,15 @@ class S3SidecarSource:
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
         return read_objects(self.client, self.bucket, names, workers=self.workers)
+
+    def open_image(self, sidecar: str) -> BinaryIO:
+        """The image object (its key is the sidecar's minus the suffix), read whole: hashing
+        needs every byte anyway, and a thumbnail decoder needs a seekable stream."""
+        key = image_name(sidecar, self.suffix)
+        if key is None:
+            raise SourceGoneError(f"s3://{self.bucket}/{sidecar}: not a sidecar key, so no image")
+        data = S3Objects(self.client).read(self.bucket, key, etag=None, version_id=None)
+        return io.BytesIO(data)
 
 
 @dataclass

@@ -47,7 +47,14 @@ def _no_leaked_threads() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The production shape (static [1,3,224,224] ``input``): one image per run."""
     return build_tiny(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_dynamic_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dynamic-batch variant: the engine runs whole batches through it."""
+    return build_tiny(tmp_path_factory.mktemp("models") / "tiny-dynamic.onnx", batch=None)
 
 
 @pytest.fixture(scope="session")

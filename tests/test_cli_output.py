@@ -79,7 +79,9 @@ def test_folder_backfill_prints_a_json_summary(
 def test_dupes_without_groups_says_so(accented: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(capsys, "dupes", str(accented), "--threshold", "1")
     assert code == 0
-    assert out == "no duplicates among 2 images (cosine >= 1.0)\n"
+    assert out == (
+        "2 images: 0 groups of identical files, 0 groups of similar images (cosine >= 1.0)\n"
+    )
     code, out = run(capsys, "dupes", str(accented), "--threshold", "1", "--json")
     assert json.loads(out)["groups"] == []
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from dinoembed.errors import PermanentError, SourceGoneError, TransientError
-from dinoembed.pipeline import Disposition, ImageItem, Pipeline
+from dinoembed.pipeline import Disposition, ImageItem, Pipeline, build_pipeline
+from dinoembed.settings import Settings
 from dinoembed.transforms import preprocess
 from tests.helpers import encode
 from tests.test_imaging import BAD_INPUTS, bad_input_bytes
@@ -65,7 +66,14 @@ def test_odd_but_valid_images_succeed(photos: dict[str, Image.Image], embedder: 
     ]
 
 
-def test_batches_agree_with_one_by_one(photos: dict[str, Image.Image], embedder: Pipeline) -> None:
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_dynamic_model"])
+def test_batches_agree_with_one_by_one(
+    photos: dict[str, Image.Image], model: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # GIVEN the production (static batch 1) shape, or the dynamic-batch variant
+    path: Path = request.getfixturevalue(model)
+    embedder = build_pipeline(Settings(model_path=path, cache_dir=tmp_path, batch_size=4))
+    assert embedder.engine.spec.static_batch is (model == "tiny_model")
     items = [_item(n, encode(p, "PNG")) for n, p in photos.items()]
     together = [o.result for o in embedder.embed(items)]
     alone = [embedder.embed_one(item).result for item in items]

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from dinoembed.cli import output, wiring
 from dinoembed.errors import DinoEmbedError
+from dinoembed.logs import capture_library_warnings
 from dinoembed.settings import Settings
 
 log = logging.getLogger("dinoembed")
@@ -116,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     standin.add_argument("out", type=Path, metavar="OUT", help="the .onnx file to write")
     standin.add_argument("--tiny", action="store_true", help="a few-KB model for unit tests")
+    standin.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="a symbolic batch dimension (default: static [1,3,224,224] like the real model)",
+    )
     standin.add_argument("--seed", type=int, help="random seed (default 0)")
     quantize = model_sub.add_parser(
         "quantize",
@@ -170,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    capture_library_warnings()  # Pillow's warnings: INFO log lines, shown with -v
     try:
         if "model_path" in vars(args):  # the flag, not DINOEMBED_MODEL_PATH: name the flag
             wiring.check_input_file(args.model_path, "--model")
