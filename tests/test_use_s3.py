@@ -333,3 +333,18 @@ def test_dupes_on_s3_measures_the_images_through_the_source(
     assert doc["groups"][1]["keep_reason"] == "most pixels (451x300)"
     digest = __import__("hashlib").sha256(full).hexdigest()
     assert {i["sha256"] for i in doc["groups"][0]["images"]} == {digest}
+
+
+def test_backfill_with_a_bad_image_exits_1(
+    s3: S3Client, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a prefix holding one object that is not an image
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}bad.jpg", Body=b"not a jpeg")
+    # WHEN backfilling it
+    code = main(["backfill", f"s3://{BUCKET}/{PREFIX}", "--model", str(tiny_model)])
+    # THEN its error sidecar is written, and the exit status says an image failed
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["embedded"], summary["errors"], summary["failed"]) == (0, 1, 0)
+    assert code == 1
+    body = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}bad.jpg{SUFFIX}")["Body"].read()
+    assert EmbeddingResult.model_validate_json(body).status == "error"

@@ -57,7 +57,8 @@ def expected_recipe(settings: Settings) -> Recipe:
 
 
 def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int:
-    """Print one JSON summary line; 1 when some images must be retried, else 0."""
+    """Print one JSON summary line; 1 when an image failed (error sidecar) or must be
+    retried, else 0: the same rule as a folder backfill."""
     with wiring.needs_extra("s3:// locations"):
         from dinoembed.handler import collection_s3 as s3
     bucket, prefix = s3.parse_s3_uri(location)
@@ -81,4 +82,4 @@ def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int
     summary.current = summary.images - len(refs)
     log.info("backfill %s: %s", location, summary.to_json())
     output.print_json(asdict(summary))
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.errors else 0
