@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dinoembed.cli import output, wiring
+from dinoembed.errors import ConfigError
 from dinoembed.settings import Settings
 
 EXIT_OK = 0
@@ -14,8 +15,8 @@ EXIT_OK = 0
 
 def run_model(args: argparse.Namespace, settings: Settings) -> int:
     if args.model_command == "quantize":
-        wiring.check_input_file(args.source, "IN")
-        wiring.check_output(args.out, "OUT")
+        if args.out.is_dir():  # (quantize makes a missing parent folder itself)
+            raise ConfigError(f"OUT {args.out}: is a folder; name the file to write")
         return _quantize(args.source, args.out)
     if args.model_command == "standin":
         wiring.check_output(args.out, "OUT")
