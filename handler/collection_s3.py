@@ -4,6 +4,8 @@
 - :class:`S3SidecarSource`: the sidecars under a prefix as a
   :class:`~dinoembed.collection.SidecarSource` (stamp = the sidecar's own ETag),
   read concurrently on a small thread pool;
+- :func:`list_prefix`: a prefix as a :class:`~dinoembed.coverage.Listing` (images with
+  their ETag and size, sidecars read concurrently) for ``status`` and ``backfill --manifest``;
 - backfill: the images without an up-to-date sidecar (same source ETag, same
   model sha256 and preprocessing, as the Lambda handler decides), then either
   embedded here in batches by the handler's own :class:`~handler.process.Processor`
@@ -24,6 +26,7 @@ from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from dinoembed.coverage import Listing
 from dinoembed.errors import ConfigError, SourceGoneError, TransientError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
@@ -31,8 +34,8 @@ from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects, client_config, map_error
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Embedder
-from dinoembed.results import EmbeddingResult, utc_now
-from dinoembed.sidecars import is_sidecar, sidecar_name
+from dinoembed.results import EmbeddingResult, SourceInfo, utc_now
+from dinoembed.sidecars import image_name, is_sidecar, parse_result, sidecar_name
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,41 @@ def read_objects(
         return
     with ThreadPoolExecutor(min(workers, len(keys)), thread_name_prefix="dinoembed-s3") as pool:
         yield from pool.map(get, keys)
+
+
+def list_prefix(
+    client: Any,
+    bucket: str,
+    prefix: str,
+    suffix: str,
+    *,
+    workers: int = READ_WORKERS,
+    on_listed: Callable[[int], None] = lambda n: None,
+    on_read: Callable[[int], None] = lambda n: None,
+) -> Listing:
+    """Every image under the prefix (as listed: ETag and size) and the sidecars of those
+    images, read concurrently; orphaned sidecars are listed but not read.
+
+    ``on_listed(1)`` after each object listed, ``on_read(1)`` after each sidecar read:
+    the caller's progress line (this module never prints).
+    """
+    images: dict[str, SourceInfo] = {}
+    sidecar_keys: list[str] = []
+    others: set[str] = set()
+    for obj in list_objects(client, bucket, prefix):
+        on_listed(1)
+        if is_sidecar(obj.key, suffix):
+            sidecar_keys.append(obj.key)
+        elif looks_like_image(Path(obj.key), suffix):
+            images[obj.key] = SourceInfo(size=obj.size, etag=obj.etag)
+        else:
+            others.add(obj.key)
+    sidecars: dict[str, EmbeddingResult | None] = dict.fromkeys(sidecar_keys)
+    to_read = [key for key in sidecar_keys if image_name(key, suffix) in images]
+    for key, data in read_objects(client, bucket, to_read, workers=workers):
+        sidecars[key] = None if data is None else parse_result(data)
+        on_read(1)
+    return Listing(f"s3://{bucket}/{prefix}", images, sidecars, frozenset(others))
 
 
 class S3SidecarSource:

@@ -14,9 +14,13 @@ from dinoembed.cli import wiring
 from dinoembed.errors import ConfigError
 from dinoembed.model_store import sha256_file
 from dinoembed.progress import Progress
-from dinoembed.settings import Settings
+from dinoembed.results import ModelInfo
+from dinoembed.settings import Preprocess, Settings
+from dinoembed.sidecars import Recipe
 
 log = logging.getLogger(__name__)
+
+DEFAULT_INPUT_SIZE = 224  # descriptive only: not part of a model's identity
 
 
 def run_backfill(settings: Settings, location: str, queue_url: str | None) -> int:
@@ -31,12 +35,31 @@ def run_backfill(settings: Settings, location: str, queue_url: str | None) -> in
     return backfill_s3(settings, location, queue_url)
 
 
-def expected_model(settings: Settings) -> tuple[str, str]:
+def expected_model(settings: Settings) -> tuple[str, Preprocess]:
     """The sha256 and preprocessing the function is configured with, without loading it:
     the file's digest for ``--model``/``DINOEMBED_MODEL_PATH``, else ``DINOEMBED_MODEL_SHA256``."""
     if settings.model_path is not None and not settings.sha256_is_explicit:
-        return sha256_file(settings.model_path), settings.preprocess
+        try:
+            return sha256_file(settings.model_path), settings.preprocess
+        except OSError as err:
+            raise ConfigError(
+                f"--model {settings.model_path}: cannot read: {err.strerror or err}"
+            ) from err
     return settings.model_sha256, settings.preprocess
+
+
+def expected_recipe(settings: Settings) -> Recipe:
+    """What a current sidecar must have been made by, from settings alone (no model is
+    loaded or downloaded). Only the sha256 and preprocessing identify a model
+    (:func:`dinoembed.sidecars.same_space`); name and input size are descriptive."""
+    sha256, preprocess = expected_model(settings)
+    model = ModelInfo(
+        name=settings.model_name,
+        sha256=sha256,
+        preprocess=preprocess,
+        input_size=DEFAULT_INPUT_SIZE,
+    )
+    return Recipe(model, settings.normalize)
 
 
 def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int:
