@@ -6,6 +6,7 @@
   read concurrently on a small thread pool;
 - :func:`list_prefix`: a prefix as a :class:`~dinoembed.coverage.Listing` (images with
   their ETag and size, sidecars read concurrently) for ``status`` and ``backfill --manifest``;
+- :func:`write_manifest`: an S3 Batch Operations CSV manifest (``backfill --manifest``);
 - backfill: the images without an up-to-date sidecar (same source ETag, same
   model sha256 and preprocessing, as the Lambda handler decides), then either
   embedded here in batches by the handler's own :class:`~handler.process.Processor`
@@ -15,6 +16,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -22,10 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from dinoembed.atomic import write_atomic
 from dinoembed.coverage import Listing
 from dinoembed.errors import ConfigError, SourceGoneError, TransientError
 from dinoembed.handler.events import ObjectRef
@@ -124,6 +128,26 @@ def list_prefix(
         sidecars[key] = None if data is None else parse_result(data)
         on_read(1)
     return Listing(f"s3://{bucket}/{prefix}", images, sidecars, frozenset(others))
+
+
+def manifest_key(key: str) -> str:
+    """A key as an S3 Batch Operations CSV manifest holds it: URL-encoded (UTF-8).
+
+    ``/`` stays as it is; a space becomes ``%20`` and ``+`` ``%2B``, so the key decodes to
+    itself under ``unquote`` and ``unquote_plus`` alike (S3 hands the manifest's encoded
+    key to the function, which decodes it with ``unquote_plus``), and no ``,`` ``"`` or
+    line break is left for the CSV to quote.
+    """
+    return quote(key, safe="/")
+
+
+def write_manifest(path: Path, bucket: str, keys: Sequence[str]) -> None:
+    """``bucket,key`` rows (format ``S3BatchOperations_CSV_20180820``, fields Bucket, Key),
+    written atomically: a manifest is complete or absent."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerows((bucket, manifest_key(key)) for key in keys)
+    write_atomic(path, buffer.getvalue().encode())
 
 
 class S3SidecarSource:
