@@ -31,6 +31,7 @@ from filelock import FileLock
 from dinoembed.atomic import is_temp_file, write_atomic
 from dinoembed.errors import PermanentError
 from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.sidecars import same_space
 from dinoembed.similarity import Matrix, normalize_rows
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class _ModelGuard:
         if self.model is None:
             self.model, self.seen_in = model, sidecar
             return
-        if (model.sha256, model.preprocess) != (self.model.sha256, self.model.preprocess):
+        if not same_space(model, self.model):
             raise MixedModelsError(
                 f"cannot mix embeddings of different models: {self.seen_in} was made by "
                 f"{_describe(self.model)} but {sidecar} by {_describe(model)}; re-embed one "

@@ -7,8 +7,8 @@
 - :func:`list_prefix`: a prefix as a :class:`~dinoembed.coverage.Listing` (images with
   their ETag and size, sidecars read concurrently) for ``status`` and ``backfill --manifest``;
 - :func:`write_manifest`: an S3 Batch Operations CSV manifest (``backfill --manifest``);
-- backfill: the images without an up-to-date sidecar (same source ETag, same
-  model sha256 and preprocessing, as the Lambda handler decides), then either
+- backfill: the images without a current sidecar (the core's rule, as the Lambda
+  handler decides), then either
   embedded here in batches by the handler's own :class:`~handler.process.Processor`
   (conditional writes included), or announced to the function's SQS queue as
   S3-notification-shaped messages (``send_message_batch``, 10 per call).
@@ -37,9 +37,16 @@ from dinoembed.handler.observability import Tally
 from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects, client_config, map_error
 from dinoembed.local import looks_like_image
-from dinoembed.pipeline import Embedder
+from dinoembed.pipeline import Pipeline
 from dinoembed.results import EmbeddingResult, SourceInfo, utc_now
-from dinoembed.sidecars import image_name, is_sidecar, parse_result, sidecar_name
+from dinoembed.sidecars import (
+    Recipe,
+    image_name,
+    is_sidecar,
+    judge,
+    parse_result,
+    sidecar_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +203,10 @@ class BackfillSummary:
 
 
 def stale_images(
-    client: Any, bucket: str, prefix: str, suffix: str, *, sha256: str, preprocess: str
+    client: Any, bucket: str, prefix: str, suffix: str, recipe: Recipe
 ) -> tuple[list[ObjectRef], int]:
-    """Images under the prefix without a sidecar for this very object and model; and how
-    many images there are in all."""
+    """Images under the prefix whose sidecar is not current (the core's rule,
+    :func:`~dinoembed.sidecars.judge`) for ``recipe``; and how many images there are."""
     listed = list(list_objects(client, bucket, prefix))
     sidecars = {obj.key for obj in listed if is_sidecar(obj.key, suffix)}
     images = [
@@ -207,19 +214,18 @@ def stale_images(
         for obj in listed
         if not is_sidecar(obj.key, suffix) and looks_like_image(Path(obj.key), suffix)
     ]
-    to_check = [sidecar_name(obj.key, suffix) for obj in images]
-    to_check = [key for key in to_check if key in sidecars]
-    recorded: dict[str, tuple[str | None, str, str]] = {}
-    for key, data in read_objects(client, bucket, to_check):
-        try:
-            result = EmbeddingResult.read_json(data or b"")
-        except ValueError:
-            continue
-        recorded[key] = (result.source.etag, result.model.sha256, result.model.preprocess)
+    to_check = [key for obj in images if (key := sidecar_name(obj.key, suffix)) in sidecars]
+    recorded = {
+        key: parse_result(data or b"") for key, data in read_objects(client, bucket, to_check)
+    }
     todo = [
         ObjectRef(bucket, obj.key, size=obj.size, etag=obj.etag)
         for obj in images
-        if recorded.get(sidecar_name(obj.key, suffix)) != (obj.etag, sha256, preprocess)
+        if judge(
+            recorded.get(sidecar_name(obj.key, suffix)),
+            SourceInfo(size=obj.size, etag=obj.etag),
+            recipe,
+        ).needs_writing
     ]
     return todo, len(images)
 
@@ -227,7 +233,7 @@ def stale_images(
 def embed_here(
     client: Any,
     refs: Sequence[ObjectRef],
-    embedder: Embedder,
+    embedder: Pipeline,
     suffix: str,
     *,
     on_progress: Callable[[int], None] = lambda n: None,

@@ -18,7 +18,7 @@ from dinoembed.handler.events import ObjectRef, normalise
 from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects
 from dinoembed.model_store import sha256_file
-from dinoembed.pipeline import Embedder
+from dinoembed.pipeline import Pipeline
 from dinoembed.results import EmbeddingResult, ModelInfo
 from tests.helpers import encode
 from tests.s3_backends import S3Endpoint
@@ -149,7 +149,7 @@ class Bucket:
 
 
 def test_backfill_embeds_only_images_without_a_current_sidecar(
-    s3: S3Client, embedder: Embedder, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+    s3: S3Client, embedder: Pipeline, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # GIVEN 515 images, 10 of them without an up-to-date sidecar: with their sidecars and
     # a text file, 1,021 objects (two listing pages)
@@ -198,7 +198,7 @@ def drain(queue_url: str) -> list[Any]:
 def test_backfill_to_a_queue_sends_notifications_the_function_understands(
     s3: S3Client,
     queue: str,
-    embedder: Embedder,
+    embedder: Pipeline,
     tiny_model: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -38,7 +38,7 @@ def run_backfill(
         with wiring.needs_extra("backfilling a folder"):
             from dinoembed.watcher.daemon import run_watch
         return run_watch(
-            settings, Path(location), once=True, embedder=lambda: wiring.embedder(settings)
+            settings, Path(location), once=True, embedder=lambda: wiring.pipeline(settings)
         )
     if manifest is not None:
         if queue_url:
@@ -101,18 +101,14 @@ def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int
     suffix = settings.output_suffix
     summary = s3.BackfillSummary(location)
     if queue_url:
-        sha256, preprocess = expected_model(settings)
         refs, summary.images = s3.stale_images(
-            client, bucket, prefix, suffix, sha256=sha256, preprocess=preprocess
+            client, bucket, prefix, suffix, expected_recipe(settings)
         )
         region = str(client.meta.region_name)
         summary.queued = s3.send_to_queue(s3.make_sqs_client(), queue_url, refs, region)
     else:
-        embedder = wiring.embedder(settings, client)
-        model = embedder.model
-        refs, summary.images = s3.stale_images(
-            client, bucket, prefix, suffix, sha256=model.sha256, preprocess=model.preprocess
-        )
+        embedder = wiring.pipeline(settings, client)
+        refs, summary.images = s3.stale_images(client, bucket, prefix, suffix, embedder.recipe)
         with Progress(len(refs)) as progress:
             tally = s3.embed_here(client, refs, embedder, suffix, on_progress=progress.advance)
         summary.embedded, summary.errors = tally.embedded, tally.errors

@@ -23,6 +23,7 @@ from dinoembed.errors import ConfigError, ImageError
 from dinoembed.export import export
 from dinoembed.results import EmbeddingResult, ModelInfo
 from dinoembed.settings import Settings
+from dinoembed.sidecars import same_space
 from dinoembed.similarity import Group, duplicate_groups, normalize_rows, top_k
 
 if TYPE_CHECKING:
@@ -164,11 +165,10 @@ def query_vector(query: str, collection: Collection, settings: Settings) -> tupl
     else:
         if "preprocess" not in settings.model_fields_set and collection.model is not None:
             settings = settings.model_copy(update={"preprocess": collection.model.preprocess})
-        embedder = wiring.embedder(settings)
+        embedder = wiring.pipeline(settings)
         hint = "use the collection's model (--model or DINOEMBED_MODEL_PATH)"
         _same_model(collection.model, embedder.model, "the loaded model", hint)
-        outcome = embedder.embed_one(_query_item(query, settings))
-        result = outcome.result or embedder.error_result(outcome.item, str(outcome.failure))
+        result = embedder.embed_one(_query_item(query, settings)).result
     if not result.ok or result.embedding is None:
         raise ImageError(f"{query}: cannot be used as a query: {result.error}")
     vector = normalize_rows(np.array([result.embedding.embedding], dtype=np.float32))[0]
@@ -178,7 +178,7 @@ def query_vector(query: str, collection: Collection, settings: Settings) -> tupl
 def _same_model(expected: ModelInfo | None, got: ModelInfo, what: str, hint: str) -> None:
     if expected is None:
         return
-    if (got.sha256, got.preprocess) != (expected.sha256, expected.preprocess):
+    if not same_space(got, expected):
         raise MixedModelsError(
             f"the collection was embedded by {expected.name} (sha256 {expected.sha256[:12]}…, "
             f"{expected.preprocess}) but {what} is {got.name} (sha256 {got.sha256[:12]}…, "
