@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -182,6 +182,15 @@ class S3SidecarSource:
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
         return read_objects(self.client, self.bucket, names, workers=self.workers)
+
+    def open_image(self, sidecar: str) -> BinaryIO:
+        """The image object (its key is the sidecar's minus the suffix), read whole: hashing
+        needs every byte anyway, and a thumbnail decoder needs a seekable stream."""
+        key = image_name(sidecar, self.suffix)
+        if key is None:
+            raise SourceGoneError(f"s3://{self.bucket}/{sidecar}: not a sidecar key, so no image")
+        data = S3Objects(self.client).read(self.bucket, key, etag=None, version_id=None)
+        return io.BytesIO(data)
 
 
 @dataclass
