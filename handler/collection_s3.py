@@ -4,6 +4,9 @@
 - :class:`S3SidecarSource`: the sidecars under a prefix as a
   :class:`~dinoembed.collection.SidecarSource` (stamp = the sidecar's own ETag),
   read concurrently on a small thread pool;
+- :func:`list_prefix`: a prefix as a :class:`~dinoembed.coverage.Listing` (images with
+  their ETag and size, sidecars read concurrently) for ``status`` and ``backfill --manifest``;
+- :func:`write_manifest`: an S3 Batch Operations CSV manifest (``backfill --manifest``);
 - backfill: the images without a current sidecar (the core's rule, as the Lambda
   handler decides), then either
   embedded here in batches by the handler's own :class:`~handler.process.Processor`
@@ -13,6 +16,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
@@ -21,10 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from dinoembed.atomic import write_atomic
+from dinoembed.coverage import Listing
 from dinoembed.errors import ConfigError, SourceGoneError, TransientError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
@@ -32,8 +38,15 @@ from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects, client_config, map_error
 from dinoembed.local import looks_like_image
 from dinoembed.pipeline import Pipeline
-from dinoembed.results import SourceInfo, utc_now
-from dinoembed.sidecars import Recipe, image_name, is_sidecar, judge, parse_result, sidecar_name
+from dinoembed.results import EmbeddingResult, SourceInfo, utc_now
+from dinoembed.sidecars import (
+    Recipe,
+    image_name,
+    is_sidecar,
+    judge,
+    parse_result,
+    sidecar_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +100,61 @@ def read_objects(
         return
     with ThreadPoolExecutor(min(workers, len(keys)), thread_name_prefix="dinoembed-s3") as pool:
         yield from pool.map(get, keys)
+
+
+def list_prefix(
+    client: Any,
+    bucket: str,
+    prefix: str,
+    suffix: str,
+    *,
+    workers: int = READ_WORKERS,
+    on_listed: Callable[[int], None] = lambda n: None,
+    on_read: Callable[[int], None] = lambda n: None,
+) -> Listing:
+    """Every image under the prefix (as listed: ETag and size) and the sidecars of those
+    images, read concurrently; orphaned sidecars are listed but not read.
+
+    ``on_listed(1)`` after each object listed, ``on_read(1)`` after each sidecar read:
+    the caller's progress line (this module never prints).
+    """
+    images: dict[str, SourceInfo] = {}
+    sidecar_keys: list[str] = []
+    others: set[str] = set()
+    for obj in list_objects(client, bucket, prefix):
+        on_listed(1)
+        if is_sidecar(obj.key, suffix):
+            sidecar_keys.append(obj.key)
+        elif looks_like_image(Path(obj.key), suffix):
+            images[obj.key] = SourceInfo(size=obj.size, etag=obj.etag)
+        else:
+            others.add(obj.key)
+    sidecars: dict[str, EmbeddingResult | None] = dict.fromkeys(sidecar_keys)
+    to_read = [key for key in sidecar_keys if image_name(key, suffix) in images]
+    for key, data in read_objects(client, bucket, to_read, workers=workers):
+        sidecars[key] = None if data is None else parse_result(data)
+        on_read(1)
+    return Listing(f"s3://{bucket}/{prefix}", images, sidecars, frozenset(others))
+
+
+def manifest_key(key: str) -> str:
+    """A key as an S3 Batch Operations CSV manifest holds it: URL-encoded (UTF-8).
+
+    ``/`` stays as it is; a space becomes ``%20`` and ``+`` ``%2B``, so the key decodes to
+    itself under ``unquote`` and ``unquote_plus`` alike (S3 hands the manifest's encoded
+    key to the function, which decodes it with ``unquote_plus``), and no ``,`` ``"`` or
+    line break is left for the CSV to quote.
+    """
+    return quote(key, safe="/")
+
+
+def write_manifest(path: Path, bucket: str, keys: Sequence[str]) -> None:
+    """``bucket,key`` rows (format ``S3BatchOperations_CSV_20180820``, fields Bucket, Key),
+    written atomically: a manifest is complete or absent."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerows((bucket, manifest_key(key)) for key in keys)
+    write_atomic(path, buffer.getvalue().encode())
 
 
 class S3SidecarSource:

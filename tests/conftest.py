@@ -15,7 +15,7 @@ from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
 from dinoembed.standin import build_tiny
 
-pytest_plugins = ["tests.reliability_plugin"]
+pytest_plugins = ["tests.reliability_plugin", "tests.s3_backends"]
 
 
 @pytest.fixture(autouse=True)

@@ -16,13 +16,13 @@ from PIL import Image
 from dinoembed.errors import TransientError
 from dinoembed.handler import app
 from tests.helpers import encode
+from tests.s3_backends import S3Endpoint
 from tests.test_lambda_support import (
     BUCKET,
     SUFFIX,
     cli_embed,
     cold_lambda,
     load_event,
-    mocked_s3,
     read_sidecar,
     sidecar_keys,
     stamp,
@@ -40,9 +40,9 @@ SQS_IDS = {
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Client]:
-    with mocked_s3(monkeypatch) as client:
-        yield client
+def s3(s3_endpoint: S3Endpoint) -> S3Client:
+    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
+    return s3_endpoint.client
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import boto3
@@ -19,16 +18,17 @@ from botocore.exceptions import (
 from dinoembed.errors import PermanentError, SourceGoneError, TransientError
 from dinoembed.handler.s3io import S3Objects, S3PermanentError, S3TransientError, map_error
 from dinoembed.results import EmbeddingResult, ModelInfo
-from tests.test_lambda_support import BUCKET, REGION, aws_test_env, mocked_s3
+from tests.s3_backends import S3Endpoint
+from tests.test_lambda_support import BUCKET, REGION, aws_test_env
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Client]:
-    with mocked_s3(monkeypatch) as client:
-        yield client
+def s3(s3_endpoint: S3Endpoint) -> S3Client:
+    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
+    return s3_endpoint.client
 
 
 def client_error(code: str, status: int) -> ClientError:

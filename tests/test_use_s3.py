@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,8 @@ from dinoembed.model_store import sha256_file
 from dinoembed.pipeline import Pipeline
 from dinoembed.results import EmbeddingResult, ModelInfo
 from tests.helpers import encode
-from tests.test_lambda_support import BUCKET, REGION, mocked_s3
+from tests.s3_backends import S3Endpoint
+from tests.test_lambda_support import BUCKET, REGION
 from tests.test_use_support import MODEL_A, MODEL_B, SUFFIX, result, unit_rows
 
 if TYPE_CHECKING:
@@ -33,10 +33,10 @@ MANY = 1_030  # more than one ListObjectsV2 page (1,000 keys)
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[S3Client]:
+def s3(s3_endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> S3Client:
+    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
     monkeypatch.setenv("DINOEMBED_CACHE_DIR", str(tmp_path / "cache"))
-    with mocked_s3(monkeypatch) as client:
-        yield client
+    return s3_endpoint.client
 
 
 def put_sidecar(client: S3Client, key: str, res: EmbeddingResult) -> str:
@@ -194,6 +194,7 @@ def drain(queue_url: str) -> list[Any]:
     return messages
 
 
+@pytest.mark.moto_only("SQS: SeaweedFS has none")
 def test_backfill_to_a_queue_sends_notifications_the_function_understands(
     s3: S3Client,
     queue: str,

@@ -309,8 +309,9 @@ class Backlog:
 
     def advance(self) -> None:
         with self._lock:
-            if self._progress is not None and self._progress.done < self._progress.total:
-                self._progress.advance()
+            progress = self._progress
+            if progress is not None and (progress.total is None or progress.done < progress.total):
+                progress.advance()
 
     def close(self) -> None:
         with self._lock:

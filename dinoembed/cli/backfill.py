@@ -2,30 +2,40 @@
 
 A folder is the same as ``watch --once``. For ``s3://bucket/prefix`` the model runs
 here, in batches, sidecars written as the function writes them; with ``--queue-url``
-each such image is announced to the function's SQS queue so Lambda does the work.
+each such image is announced to the function's SQS queue so Lambda does the work;
+with ``--manifest OUT.csv`` they are listed in an S3 Batch Operations manifest, for a
+job that invokes the function on each.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from dinoembed.cli import output, wiring
+from dinoembed.coverage import assess
 from dinoembed.errors import ConfigError
 from dinoembed.model_store import sha256_file
 from dinoembed.progress import Progress
 from dinoembed.results import ModelInfo
-from dinoembed.settings import Settings
+from dinoembed.settings import Preprocess, Settings
 from dinoembed.sidecars import Recipe
 
 log = logging.getLogger(__name__)
 
+DEFAULT_INPUT_SIZE = 224  # descriptive only: not part of a model's identity
 
-def run_backfill(settings: Settings, location: str, queue_url: str | None) -> int:
+
+def run_backfill(
+    settings: Settings, location: str, queue_url: str | None, *, manifest: Path | None = None
+) -> int:
     if not wiring.is_s3(location):
         if queue_url:
             raise ConfigError("--queue-url is for s3:// locations (folders are embedded here)")
+        if manifest:
+            raise ConfigError("--manifest is for s3:// locations (folders are embedded here)")
         with wiring.needs_extra("backfilling a folder"):
             from dinoembed.watcher.daemon import run_watch
         return run_watch(
@@ -35,23 +45,54 @@ def run_backfill(settings: Settings, location: str, queue_url: str | None) -> in
             embedder=lambda: wiring.pipeline(settings),
             on_finish=output.print_json,
         )
+    if manifest is not None:
+        if queue_url:
+            raise ConfigError("--manifest and --queue-url: choose one")
+        return write_backfill_manifest(settings, location, manifest)
     return backfill_s3(settings, location, queue_url)
 
 
-def expected_model(settings: Settings) -> tuple[str, str]:
+def write_backfill_manifest(settings: Settings, location: str, out: Path) -> int:
+    """Write the S3 Batch Operations manifest of the images without a current sidecar
+    (missing or stale, as ``status`` counts them; error sidecars are current, not
+    retried) and print the JSON summary; the model is only hashed, never loaded."""
+    with wiring.needs_extra("s3:// locations"):
+        from dinoembed.handler import collection_s3 as s3
+    bucket, _ = s3.parse_s3_uri(location)
+    recipe = expected_recipe(settings)
+    coverage = assess(wiring.list_location(location, settings), recipe, settings.output_suffix)
+    s3.write_manifest(out, bucket, coverage.todo)
+    summary = s3.BackfillSummary(location, images=coverage.images, todo=len(coverage.todo))
+    summary.current = summary.images - summary.todo
+    doc = json.loads(summary.to_json()) | {"manifest": str(out)}
+    log.info("backfill %s: %d keys in the manifest %s", location, summary.todo, out)
+    output.print_json(doc)
+    return 0
+
+
+def expected_model(settings: Settings) -> tuple[str, Preprocess]:
     """The sha256 and preprocessing the function is configured with, without loading it:
     the file's digest for ``--model``/``DINOEMBED_MODEL_PATH``, else ``DINOEMBED_MODEL_SHA256``."""
     if settings.model_path is not None and not settings.sha256_is_explicit:
-        return sha256_file(settings.model_path), settings.preprocess
+        try:
+            return sha256_file(settings.model_path), settings.preprocess
+        except OSError as err:
+            raise ConfigError(
+                f"--model {settings.model_path}: cannot read: {err.strerror or err}"
+            ) from err
     return settings.model_sha256, settings.preprocess
 
 
 def expected_recipe(settings: Settings) -> Recipe:
-    """What the configured model would make, for the currency rule, without loading it
-    (the rule compares the model's sha256 and preprocessing, not its name or size)."""
-    sha256, _ = expected_model(settings)
+    """What a current sidecar must have been made by, from settings alone (no model is
+    loaded or downloaded). Only the sha256 and preprocessing identify a model
+    (:func:`dinoembed.sidecars.same_space`); name and input size are descriptive."""
+    sha256, preprocess = expected_model(settings)
     model = ModelInfo(
-        name=settings.model_name, sha256=sha256, preprocess=settings.preprocess, input_size=224
+        name=settings.model_name,
+        sha256=sha256,
+        preprocess=preprocess,
+        input_size=DEFAULT_INPUT_SIZE,
     )
     return Recipe(model, settings.normalize)
 

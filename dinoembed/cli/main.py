@@ -34,7 +34,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_embed_options(parser: argparse.ArgumentParser) -> None:
+def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    """What an embedding is made by: the model, its preprocessing and the normalisation."""
     _add_model_options(parser)
     parser.add_argument(
         "--no-normalize",
@@ -47,6 +48,10 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
         choices=["center-crop", "squash"],
         help="center-crop (DINOv2 reference, default) or squash",
     )
+
+
+def _add_embed_options(parser: argparse.ArgumentParser) -> None:
+    _add_recipe_options(parser)
     parser.add_argument("--batch-size", type=int, help="images per inference run (default 8)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: usable CPUs)")
 
@@ -133,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     from dinoembed.cli.use import add_use_commands
 
     add_use_commands(sub, _add_embed_options)
+    status = sub.add_parser(
+        "status",
+        argument_default=argparse.SUPPRESS,
+        help="how many images of a folder or prefix have a current sidecar",
+        description="Counts images, current/error/missing/stale/orphaned sidecars and error "
+        "reasons. A sidecar is current when it was made for this very image (S3: ETag; "
+        "folders: size and mtime) by the configured model (--model or DINOEMBED_MODEL_PATH, "
+        "else DINOEMBED_MODEL_SHA256; never loaded), preprocessing and normalisation. "
+        "Exit status 0: all current; 1: something missing, stale or failed; 2: cannot run.",
+    )
+    status.add_argument("location", metavar="DIR_OR_S3", help="a folder or s3://bucket/prefix")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument(
+        "--no-recursive", dest="recursive", action="store_false", help="top folder only"
+    )
+    _add_recipe_options(status)
     for command in _all_subparsers(sub):  # `dinoembed embed -v x` as well as `dinoembed -v embed x`
         command.add_argument(
             "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
@@ -242,6 +263,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from dinoembed.cli.model import run_model
 
         return run_model(args, settings)
+    if args.command == "status":
+        from dinoembed.cli.status import run_status
+
+        return run_status(settings, args.location, as_json=getattr(args, "json", False))
     from dinoembed.cli.use import run_use
 
     return run_use(args, settings)

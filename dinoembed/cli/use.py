@@ -98,6 +98,13 @@ def add_use_commands(sub: Any, embed_options: OptionAdder) -> None:
     backfill.add_argument(
         "--queue-url", help="S3 only: send notifications to the function's SQS queue instead"
     )
+    backfill.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="OUT.csv",
+        help="S3 only: write an S3 Batch Operations CSV manifest of the images without a "
+        "current sidecar instead (nothing is embedded or queued)",
+    )
     embed_options(backfill)
     exp = sub.add_parser("export", argument_default=s, help="write the vectors for a vector DB")
     exp.add_argument("collection", metavar="DIR_OR_S3", help=COLLECTION_HELP)
@@ -139,7 +146,12 @@ def run_use(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "backfill":
         from dinoembed.cli.backfill import run_backfill
 
-        return run_backfill(settings, args.collection, getattr(args, "queue_url", None))
+        return run_backfill(
+            settings,
+            args.collection,
+            getattr(args, "queue_url", None),
+            manifest=getattr(args, "manifest", None),
+        )
     return run_export(settings, args.collection, args.export_format, args.out)
 
 

@@ -1,4 +1,5 @@
-"""What the command line builds from settings: model store, embedder, S3 clients, sources.
+"""What the command line builds from settings: model store, embedder, S3 clients, sources,
+listings.
 
 The S3 pieces come from ``dinoembed.handler`` (boto3) and are imported only when an
 ``s3://`` location or model URL is named, so a core-only install never needs boto3;
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from dinoembed.collection import FolderSource, SidecarSource
+from dinoembed.coverage import Listing, list_folder
 from dinoembed.errors import ConfigError
 from dinoembed.fetchers import default_fetchers
 from dinoembed.model_store import ModelStore
 from dinoembed.pipeline import Pipeline, build_pipeline
+from dinoembed.progress import Progress
 from dinoembed.settings import Settings
 
 # The third-party packages behind each extra (pyproject.toml [project.optional-dependencies]).
@@ -82,6 +85,36 @@ def open_source(location: str, settings: Settings) -> SidecarSource:
     return FolderSource(
         root, settings.output_suffix, recursive=settings.recursive_for("collection")
     )
+
+
+def list_location(location: str, settings: Settings) -> Listing:
+    """Images and sidecars of a folder or an ``s3://bucket/prefix``, with a progress line
+    on stderr (a terminal only) while a long listing runs."""
+    suffix = settings.output_suffix
+    if is_s3(location):
+        with needs_extra("s3:// locations"):
+            from dinoembed.handler.collection_s3 import list_prefix, parse_s3_uri
+        bucket, prefix = parse_s3_uri(location)
+        client = s3_client()
+        with (
+            Progress(None, unit="objects listed") as listed,
+            Progress(None, unit="sidecars read") as read,
+        ):
+
+            def on_read(n: int) -> None:
+                listed.close()  # the listing is over: its line ends, the reading one begins
+                read.advance(n)
+
+            return list_prefix(
+                client, bucket, prefix, suffix, on_listed=listed.advance, on_read=on_read
+            )
+    root = Path(location)
+    if not root.is_dir():
+        raise ConfigError(f"{location}: not a folder or s3://bucket/prefix")
+    with Progress(None, unit="files listed") as listed:
+        return list_folder(
+            root, suffix, recursive=settings.recursive_for("collection"), on_listed=listed.advance
+        )
 
 
 def read_location(location: str) -> bytes:
