@@ -23,6 +23,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 
 from dinoembed.errors import TransientError
+from dinoembed.handler.deletes import SidecarDeleter
 from dinoembed.handler.events import Invocation, normalise
 from dinoembed.handler.model_fetch import fetchers_with_s3
 from dinoembed.handler.observability import Tally, make_logger, make_metrics, publish
@@ -59,6 +60,9 @@ class Runtime:
     def processor(self) -> Processor:
         return Processor(S3Objects(self.s3_client), self.embedder, self.settings.output_suffix)
 
+    def deleter(self) -> SidecarDeleter:
+        return SidecarDeleter(S3Objects(self.s3_client), self.settings.output_suffix)
+
 
 class RetryError(TransientError):
     """Raised for non-SQS invocations so Lambda retries them (then the DLQ takes over)."""
@@ -91,7 +95,10 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
         if invocation.kind == "test":
             log.info("s3:TestEvent received; nothing to do")
         else:
-            report = rt.processor().process(invocation.refs)
+            report = rt.deleter().process(invocation.deleted)
+            embedded = rt.processor().process(invocation.to_embed)
+            report.failed.extend(embedded.failed)
+            report.tally.merge(embedded.tally)
     finally:
         tally = Tally(failed=len(invocation.bad_messages))
         tally.merge(report.tally)
@@ -114,6 +121,7 @@ def _respond(invocation: Invocation, report: Report) -> dict[str, Any]:
         "embedded": tally.embedded,
         "errors": tally.errors,
         "skipped": tally.skipped,
+        "deleted": tally.deleted,
     }
 
 

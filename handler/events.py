@@ -6,8 +6,12 @@ Accepted shapes (AWS's own JSON, as documented for each service):
 - SQS messages whose body is an S3 notification, an SNS envelope around one
   (SQS -> SNS -> S3 without raw delivery), or an EventBridge event;
 - SNS records invoking the function directly (``"EventSource": "aws:sns"``);
-- an EventBridge "Object Created" event from S3;
+- an EventBridge "Object Created" or "Object Deleted" event from S3;
 - S3's ``s3:TestEvent``, which names no object and is acknowledged.
+
+``ObjectCreated:*`` records and "Object Created" events name images to embed
+(``action="embed"``); ``ObjectRemoved:*`` records and "Object Deleted" events name
+images whose sidecar may have to go (``action="delete"``). Other records are ignored.
 
 S3 notifications carry keys URL-encoded ("red flower.jpg" arrives as
 "red+flower.jpg"), so every key is decoded with ``unquote_plus``; EventBridge
@@ -26,6 +30,7 @@ from urllib.parse import unquote_plus
 from dinoembed.errors import PermanentError
 
 Kind = Literal["s3", "sqs", "sns", "eventbridge", "test"]
+Action = Literal["embed", "delete"]
 
 
 class UnrecognisedEventError(PermanentError):
@@ -34,7 +39,8 @@ class UnrecognisedEventError(PermanentError):
 
 @dataclass(frozen=True, slots=True)
 class ObjectRef:
-    """One object an event announced. ``message_id`` is the SQS message it came in, if any."""
+    """One object an event announced. ``message_id`` is the SQS message it came in, if any;
+    ``action`` says whether it was created (embed it) or deleted (its sidecar may go)."""
 
     bucket: str
     key: str
@@ -42,6 +48,7 @@ class ObjectRef:
     etag: str | None = None
     version_id: str | None = None
     message_id: str | None = None
+    action: Action = "embed"
 
     @property
     def uri(self) -> str:
@@ -56,6 +63,14 @@ class Invocation:
     refs: list[ObjectRef] = field(default_factory=list)
     bad_messages: list[str] = field(default_factory=list)
     ignored: int = 0
+
+    @property
+    def to_embed(self) -> list[ObjectRef]:
+        return [ref for ref in self.refs if ref.action == "embed"]
+
+    @property
+    def deleted(self) -> list[ObjectRef]:
+        return [ref for ref in self.refs if ref.action == "delete"]
 
 
 def normalise(event: Any) -> Invocation:
@@ -126,14 +141,15 @@ def _from_sns_records(records: list[Any], message_id: str | None) -> tuple[list[
 
 
 def _from_s3_records(records: list[Any], message_id: str | None) -> tuple[list[ObjectRef], int]:
-    """S3 notification records; only ``ObjectCreated:*`` names objects to embed."""
+    """S3 notification records: ``ObjectCreated:*`` and ``ObjectRemoved:*`` name objects."""
     refs: list[ObjectRef] = []
     ignored = 0
     for record in records:
         try:
             if record.get("eventSource") != "aws:s3":
                 raise UnrecognisedEventError(f"record is not from S3: {_keys(record)}")
-            if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+            action = _S3_ACTIONS.get(str(record.get("eventName", "")).split(":", 1)[0])
+            if action is None:
                 ignored += 1
                 continue
             s3 = record["s3"]
@@ -146,6 +162,7 @@ def _from_s3_records(records: list[Any], message_id: str | None) -> tuple[list[O
                     etag=normalise_etag(obj.get("eTag")),
                     version_id=_str_or_none(obj.get("versionId")),
                     message_id=message_id,
+                    action=action,
                 )
             )
         except (KeyError, TypeError, AttributeError) as err:
@@ -161,7 +178,8 @@ def _eventbridge_invocation(event: Mapping[str, Any]) -> Invocation:
 def _from_eventbridge(
     event: Mapping[str, Any], message_id: str | None
 ) -> tuple[list[ObjectRef], int]:
-    if event.get("detail-type") != "Object Created":
+    action = _EVENTBRIDGE_ACTIONS.get(str(event.get("detail-type")))
+    if action is None:
         return [], 1
     try:
         detail = event["detail"]
@@ -173,10 +191,15 @@ def _from_eventbridge(
             etag=normalise_etag(obj.get("etag") or obj.get("eTag")),
             version_id=_str_or_none(obj.get("version-id")),
             message_id=message_id,
+            action=action,
         )
     except (KeyError, TypeError, AttributeError) as err:
         raise UnrecognisedEventError(f"malformed EventBridge S3 event: missing {err}") from err
     return [ref], 0
+
+
+_S3_ACTIONS: dict[str, Action] = {"ObjectCreated": "embed", "ObjectRemoved": "delete"}
+_EVENTBRIDGE_ACTIONS: dict[str, Action] = {"Object Created": "embed", "Object Deleted": "delete"}
 
 
 def _is_test_event(event: Mapping[str, Any]) -> bool:

@@ -179,7 +179,7 @@ def test_handler_runs_from_the_artifact_against_a_moto_server(
     assert report["model_loads"] == 1
     # AND both events were handled as the SPEC says
     direct, batch = report["responses"]
-    assert direct == {"kind": "s3", "embedded": 1, "errors": 0, "skipped": 0}
+    assert direct == {"kind": "s3", "embedded": 1, "errors": 0, "skipped": 0, "deleted": 0}
     assert batch == {
         "batchItemFailures": [{"itemIdentifier": "a8f3c1d2-0b9e-4f6a-9c7d-3e2b1a0f9e8d"}]
     }

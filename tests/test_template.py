@@ -145,14 +145,27 @@ def test_deployed_iam_has_no_wildcard_s3_actions_or_resources(deployed: dict[str
 
 
 @needs_sam
-def test_deployed_role_puts_only_sidecars(deployed: dict[str, Any]) -> None:
+@pytest.mark.parametrize("action", ["s3:PutObject", "s3:DeleteObject"])
+def test_deployed_role_writes_and_deletes_only_sidecars(
+    deployed: dict[str, Any], action: str
+) -> None:
     statements = iam_statements(deployed["Resources"])
-    puts = [s for s in statements if "s3:PutObject" in as_list(s["Action"])]
-    assert len(puts) == 1
-    assert puts[0]["Resource"] == {
+    granting = [s for s in statements if action in as_list(s["Action"])]
+    assert len(granting) == 1
+    assert granting[0]["Effect"] == "Allow"
+    assert granting[0]["Resource"] == {
         "Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/*${OutputSuffix}"
     }
-    assert as_list(puts[0]["Action"]) == ["s3:PutObject"]
+    assert as_list(granting[0]["Action"]) == [action]
+    # AND nothing grants object deletion otherwise (no s3:Delete* or version deletes)
+    deletes = [
+        a
+        for s in statements
+        if s["Effect"] == "Allow"
+        for a in as_list(s["Action"])
+        if str(a).startswith("s3:Delete")
+    ]
+    assert deletes == ["s3:DeleteObject"]
 
 
 def test_model_object_is_readable_only_when_the_model_comes_from_s3(
@@ -278,8 +291,9 @@ def test_the_matcher_itself_tells_cases_apart() -> None:
     assert matches({"k": [{"suffix": {"equals-ignore-case": ".jpg"}}]}, {"k": "a.JpG"})
     assert not matches({"k": [{"suffix": {"equals-ignore-case": ".jpg"}}]}, {"k": "a.jpg.json"})
     assert not matches({"k": ["x"], "j": ["y"]}, {"k": "x"})
-    assert case_variants(".jpg") == sorted({".jpg", ".jpG", ".jPg", ".jPG",
-                                             ".Jpg", ".JpG", ".JPg", ".JPG"})
+    assert case_variants(".jpg") == sorted(
+        {".jpg", ".jpG", ".jPg", ".jPG", ".Jpg", ".JpG", ".JPg", ".JPG"}
+    )
 
 
 @pytest.mark.parametrize("ext", sorted(IMAGE_EXTENSIONS))
