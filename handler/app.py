@@ -8,7 +8,8 @@ model fails, nothing is kept and the next invocation tries again.
 
 Failure policy (SPEC section 7): SQS invocations return
 ``{"batchItemFailures": [...]}`` listing the messages to retry (unrecognised
-bodies, transient errors); every other invocation raises
+bodies, transient errors); S3 Batch Operations get a result code per task
+(:mod:`dinoembed.handler.batch_ops`); every other invocation raises
 :class:`~dinoembed.errors.TransientError` when any object must be retried, so
 Lambda's retries and the failure destination / DLQ take over.
 """
@@ -23,6 +24,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 
 from dinoembed.errors import TransientError
+from dinoembed.handler.batch_ops import BatchOperations
 from dinoembed.handler.deletes import SidecarDeleter
 from dinoembed.handler.events import Invocation, normalise
 from dinoembed.handler.model_fetch import fetchers_with_s3
@@ -32,6 +34,7 @@ from dinoembed.handler.s3io import S3Objects, make_client
 from dinoembed.model_store import ModelStore
 from dinoembed.pipeline import Embedder, build_embedder
 from dinoembed.settings import Settings
+from dinoembed.sidecars import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,13 @@ class Runtime:
     def deleter(self) -> SidecarDeleter:
         return SidecarDeleter(S3Objects(self.s3_client), self.settings.output_suffix)
 
+    def recipe(self) -> Recipe:
+        return Recipe(self.embedder().model, self.settings.normalize)
+
+    def batch_operations(self) -> BatchOperations:
+        objects = S3Objects(self.s3_client)
+        return BatchOperations(objects, self.processor(), self.recipe, self.settings.output_suffix)
+
 
 class RetryError(TransientError):
     """Raised for non-SQS invocations so Lambda retries them (then the DLQ takes over)."""
@@ -92,6 +102,9 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     invocation = normalise(event)
     report = Report()
     try:
+        if invocation.batch is not None:
+            response, report = rt.batch_operations().run(invocation.batch, invocation.refs)
+            return response
         if invocation.kind == "test":
             log.info("s3:TestEvent received; nothing to do")
         else:

@@ -149,7 +149,8 @@ def test_deployed_iam_has_no_wildcard_s3_actions_or_resources(deployed: dict[str
 def test_deployed_role_writes_and_deletes_only_sidecars(
     deployed: dict[str, Any], action: str
 ) -> None:
-    statements = iam_statements(deployed["Resources"])
+    # the function's role, as SAM generates it (the batch job's role writes its reports)
+    statements = iam_statements(deployed["Resources"]["EmbedFunctionRole"])
     granting = [s for s in statements if action in as_list(s["Action"])]
     assert len(granting) == 1
     assert granting[0]["Effect"] == "Allow"
@@ -372,6 +373,32 @@ def test_parameters_default_to_the_core_settings(template: dict[str, Any]) -> No
     assert env["DINOEMBED_MODEL_URL"] == {"Ref": "ModelUrl"}
     assert env["DINOEMBED_MODEL_SHA256"] == {"Ref": "ModelSha256"}
     assert env["DINOEMBED_OUTPUT_SUFFIX"] == {"Ref": "OutputSuffix"}
+
+
+def test_batch_operations_role_invokes_only_the_function_and_touches_only_its_prefix(
+    resources: dict[str, Any], template: dict[str, Any]
+) -> None:
+    role = resources["BatchOperationsRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "batchoperations.s3.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    (policy,) = role["Policies"]
+    statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    assert all(s["Effect"] == "Allow" for s in statements.values())
+    invoke = statements["InvokeTheEmbeddingFunction"]
+    assert invoke["Action"] == "lambda:InvokeFunction"
+    assert invoke["Resource"][0] == {"Fn::GetAtt": ["EmbedFunction", "Arn"]}
+    prefix = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/${BatchOperationsPrefix}*"}
+    assert statements["ReadTheManifest"]["Resource"] == prefix
+    assert statements["WriteTheCompletionReport"]["Resource"] == prefix
+    assert as_list(statements["WriteTheCompletionReport"]["Action"]) == ["s3:PutObject"]
+    # The report prefix holds CSV/JSON reports: never image keys, so never routed.
+    assert template["Parameters"]["BatchOperationsPrefix"]["Default"].endswith("/")
+    outputs = template["Outputs"]
+    assert outputs["BatchOperationsRoleArn"]["Value"] == {
+        "Fn::GetAtt": ["BatchOperationsRole", "Arn"]
+    }
+    assert outputs["FunctionArn"]["Value"] == {"Fn::GetAtt": ["EmbedFunction", "Arn"]}
 
 
 def test_outputs_name_the_bucket_and_the_queue(template: dict[str, Any]) -> None:
