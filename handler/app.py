@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -80,13 +81,26 @@ class RetryError(TransientError):
 
 _runtime: Runtime | None = None
 
+# The deployment package's root (LAMBDA_TASK_ROOT, /var/task): this file is
+# <root>/dinoembed/handler/app.py there. infra/build_lambda.sh puts a bundled model
+# in <root>/model/.
+PACKAGE_ROOT = Path(__file__).parent.parent.parent
+
+
+def lambda_settings() -> Settings:
+    """The settings from ``DINOEMBED_*``, looking for a bundled model in the package."""
+    settings = Settings()
+    if "bundle_dir" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"bundle_dir": PACKAGE_ROOT / "model"})
+    return settings
+
 
 def runtime() -> Runtime:
     """The execution environment's state, created on the first call."""
     global _runtime
     if _runtime is None:
         logger = make_logger()  # configures the "dinoembed" loggers before anything logs
-        _runtime = Runtime(Settings(), make_client(), logger, make_metrics())
+        _runtime = Runtime(lambda_settings(), make_client(), logger, make_metrics())
     return _runtime
 
 
