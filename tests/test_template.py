@@ -209,7 +209,10 @@ def test_function_runtime_memory_and_handler(
     props = resources["EmbedFunction"]["Properties"]
     glob = template["Globals"]["Function"]
     assert glob["Runtime"] in ("python3.12", "python3.13")
-    assert glob["Architectures"] == ["x86_64"]
+    assert glob["Architectures"] == [{"Ref": "Architecture"}]
+    architecture = template["Parameters"]["Architecture"]
+    assert architecture["Default"] == "x86_64"
+    assert sorted(architecture["AllowedValues"]) == ["arm64", "x86_64"]
     assert template["Parameters"]["MemorySize"]["MinValue"] >= 2048
     assert template["Parameters"]["MemorySize"]["Default"] >= 2048
     assert props["EphemeralStorage"]["Size"] >= 512
@@ -399,6 +402,35 @@ def test_batch_operations_role_invokes_only_the_function_and_touches_only_its_pr
         "Fn::GetAtt": ["BatchOperationsRole", "Arn"]
     }
     assert outputs["FunctionArn"]["Value"] == {"Fn::GetAtt": ["EmbedFunction", "Arn"]}
+
+
+def test_dead_letter_queue_alarm_fires_on_the_first_message(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    alarm = resources["DeadLetterQueueAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["ImageEventsDeadLetterQueue", "QueueName"]}}
+    ]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert alarm["TreatMissingData"] == "notBreaching"  # an empty queue publishes no data
+    # notifications only when a topic is given
+    for actions in (alarm["AlarmActions"], alarm["OKActions"]):
+        assert actions == {
+            "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+        }
+    assert template["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    assert template["Conditions"]["HasAlarmTopic"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
+    }
+    import re
+
+    allowed = re.compile(template["Parameters"]["AlarmTopicArn"]["AllowedPattern"])
+    assert allowed.fullmatch("") and allowed.fullmatch("arn:aws:sns:us-east-1:123456789012:ops")
+    assert not allowed.fullmatch("ops-topic")
 
 
 def test_outputs_name_the_bucket_and_the_queue(template: dict[str, Any]) -> None:
