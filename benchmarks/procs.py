@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LAUNCHER = Path(__file__).with_name("peak_rss.py")
 
 
 def busy_seconds() -> tuple[float, float]:
@@ -48,6 +49,20 @@ class ProcResult:
     stderr: str
 
 
+@dataclass(frozen=True, slots=True)
+class LauncherReport:
+    max_rss_kib: int  # the command's own peak RSS
+    forked_at: float  # time.monotonic() (system-wide CLOCK_MONOTONIC) just before the fork
+
+
+def launcher_report(text: str) -> LauncherReport | None:
+    """What ``peak_rss.py`` wrote, or None if it could not start the command."""
+    fields = text.split()
+    if len(fields) != 2:
+        return None
+    return LauncherReport(int(fields[0]), float(fields[1]))
+
+
 def python() -> str:
     return sys.executable
 
@@ -69,30 +84,41 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def run(
     cmd: Sequence[str], env: Mapping[str, str] | None = None, *, check: bool = True
 ) -> ProcResult:
-    """Run ``cmd``, stamping the first stdout line; peak RSS comes from wait4's rusage."""
-    with tempfile.TemporaryFile() as err:
+    """Run ``cmd``, stamping the first stdout line.
+
+    Peak RSS is the command's own: the small launcher ``peak_rss.py`` starts it and
+    reports its ``wait4`` rusage. Taken here, that number would start from this
+    process's RSS at fork (see the launcher's docstring).
+    """
+    with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as report:
         busy0, total0 = busy_seconds()
         started_at = time.time()
-        start = time.perf_counter()
+        launched = time.monotonic()
+        launch = [sys.executable, "-S", str(LAUNCHER), report.name, *cmd]
         proc = subprocess.Popen(
-            list(cmd), stdout=subprocess.PIPE, stderr=err, env=dict(env) if env else None
+            launch, stdout=subprocess.PIPE, stderr=err, env=dict(env) if env else None
         )
         assert proc.stdout is not None
-        first: float | None = None
+        stamps: list[float] = []
         out: list[bytes] = []
         for line in proc.stdout:
-            if first is None:
-                first = time.perf_counter() - start
+            if not stamps:
+                stamps.append(time.monotonic())
             out.append(line)
         _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
+        ended = time.monotonic()
         busy1, total1 = busy_seconds()
         proc.returncode = os.waitstatus_to_exitcode(status)
         proc.stdout.close()
         err.seek(0)
         stderr = err.read().decode(errors="replace")
+        peak = launcher_report(report.read())
+    # Times count from the launcher's fork of the command, so its own start-up is left out.
+    start = launched if peak is None else peak.forked_at
+    rss = 0.0 if peak is None else peak.max_rss_kib / 1024.0
+    wall = ended - start
+    first = stamps[0] - start if stamps else None
     text = b"".join(out).decode(errors="replace")
-    rss = usage.ru_maxrss / 1024.0
     ours = usage.ru_utime + usage.ru_stime
     others = max(0.0, (busy1 - busy0 - ours) / max(total1 - total0, 1e-9))
     code = proc.returncode

@@ -19,13 +19,15 @@ from typing import Any
 
 # (metric, label, unit)
 ROWS: tuple[tuple[str, str, str], ...] = (
-    ("model_b1_ms", "1. model only, fp32, batch 1", "ms/img"),
-    ("model_bN_ms", "1. model only, fp32, batch {B} (the floor)", "ms/img"),
-    ("int8_model_bN_ms", "1. model only, int8, batch {B}", "ms/img"),
+    ("model_ms", "1. model only, fp32, 1 image per run (the floor)", "ms/img"),
+    ("int8_model_ms", "1. model only, int8, 1 image per run", "ms/img"),
+    ("dyn_model_b1_ms", "1. model only, fp32, dynamic-batch stand-in, batch 1", "ms/img"),
+    ("dyn_model_bN_ms", "1. model only, fp32, dynamic-batch stand-in, batch {B}", "ms/img"),
     ("ours_large_ms", "2. embed --write-sidecars, 12 MP JPEG", "ms/img"),
     ("ours_large_wall_ms", "   same, wall time / images (incl. start-up)", "ms/img"),
     ("seed_large_ms", "2. seed pipeline, 12 MP JPEG", "ms/img"),
     ("int8_large_ms", "2. embed, int8 model, 12 MP JPEG", "ms/img"),
+    ("dyn_large_ms", "2. embed, dynamic-batch stand-in (batch {B}), 12 MP JPEG", "ms/img"),
     ("ours_small_ms", "2. embed --write-sidecars, ~1 MP PNG/JPEG/WebP", "ms/img"),
     ("seed_small_ms", "2. seed pipeline, ~1 MP PNG/JPEG/WebP", "ms/img"),
     ("ours_cold_s", "3. cold start: dinoembed embed, 1 image, model in cache", "s"),
@@ -89,10 +91,10 @@ def targets(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[Ta
     return [
         Target(
             "12 MP end-to-end <= 1.25 x model only",
-            ratio("ours_large_ms", "model_bN_ms"),
+            ratio("ours_large_ms", "model_ms"),
             1.25,
             False,
-            "embed ms/img / model-only ms/img at the engine's batch size",
+            "embed ms/img / model-only ms/img, production shape (1 image per run)",
         ),
         Target(
             "12 MP end-to-end >= 2.2 x faster than the seed pipeline",
@@ -103,7 +105,7 @@ def targets(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[Ta
         ),
         Target(
             "~1 MP end-to-end <= 1.1 x model only",
-            ratio("ours_small_ms", "model_bN_ms"),
+            ratio("ours_small_ms", "model_ms"),
             1.1,
             False,
             "embed ms/img / model-only ms/img",

@@ -97,16 +97,32 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def prepare_models(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
-    """The fp32 model (built once, cached under out/) and its int8 copy."""
-    model = args.model
-    if model is None:
-        model = out / ("tiny.onnx" if args.smoke else "standin-vits14.onnx")
-        if not model.exists():
-            log(f"building the stand-in model {model.name}")
-            tiny = ["--tiny"] if args.smoke else []
-            procs.run([*procs.dinoembed_command(), "model", "standin", str(model), *tiny])
-    return model, quantized(model, out)
+@dataclass(frozen=True)
+class Models:
+    """What the rows run: the production-shaped fp32 model, its int8 copy, and the
+    dynamic-batch stand-in that keeps the batched path measured."""
+
+    fp32: Path
+    int8: Path
+    dynamic: Path
+
+
+def standin(out: Path, smoke: bool, *, dynamic: bool) -> Path:
+    """A stand-in model built once and cached under out/ (the name says its shape)."""
+    shape = "dynamic" if dynamic else "static"
+    model = out / f"{'tiny' if smoke else 'standin-vits14'}-{shape}.onnx"
+    if not model.exists():
+        log(f"building the stand-in model {model.name}")
+        flags = (["--tiny"] if smoke else []) + (["--dynamic-batch"] if dynamic else [])
+        procs.run([*procs.dinoembed_command(), "model", "standin", str(model), *flags])
+    return model
+
+
+def prepare_models(args: argparse.Namespace, out: Path) -> Models:
+    """By default the production shape (static [1,3,224,224], one image per run, as the
+    real DINOv2 file); ``--model`` replaces it. The dynamic-batch row always uses a stand-in."""
+    model = args.model or standin(out, args.smoke, dynamic=False)
+    return Models(model, quantized(model, out), standin(out, args.smoke, dynamic=True))
 
 
 def quantized(model: Path, out: Path) -> Path:
@@ -117,7 +133,7 @@ def quantized(model: Path, out: Path) -> Path:
     return int8
 
 
-def machine(plan: Plan, batch_size: int, model: Path) -> dict[str, Any]:
+def machine(plan: Plan, batch_size: int, models: Models) -> dict[str, Any]:
     import numpy
     import onnxruntime
     import PIL
@@ -138,7 +154,8 @@ def machine(plan: Plan, batch_size: int, model: Path) -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "pillow": PIL.__version__,
         "numpy": numpy.__version__,
-        "model": model.name,
+        "model": models.fp32.name,
+        "dynamic_batch_model": models.dynamic.name,
         "batch_size": batch_size,
         "repetitions": plan.reps,
         "large_count": plan.large_count,
@@ -153,7 +170,7 @@ def one_rep(
     sha256: str,
     plan: Plan,
     bench: suites.Bench,
-    int8: Path,
+    models: Models,
     corpora: dict[str, suites.Corpus],
     s: suites.Samples,
 ) -> None:
@@ -161,13 +178,16 @@ def one_rep(
     batch = bench.batch_size
     log(f"rep {rep + 1}/{plan.reps}: model only")
     images = max(2 * batch, 32)
-    s.add("model_bN_ms", suites.model_only(bench, bench.model, batch, images, s))
-    s.add("model_b1_ms", suites.model_only(bench, bench.model, 1, 8, s))
-    s.add("int8_model_bN_ms", suites.model_only(bench, int8, batch, images, s))
+    # The engine feeds a static-batch model one image per run whatever the batch size.
+    s.add("model_ms", suites.model_only(bench, bench.model, batch, images, s))
+    s.add("int8_model_ms", suites.model_only(bench, models.int8, batch, images, s))
+    s.add("dyn_model_bN_ms", suites.model_only(bench, models.dynamic, batch, images, s))
+    s.add("dyn_model_b1_ms", suites.model_only(bench, models.dynamic, 1, 8, s))
     log(f"rep {rep + 1}/{plan.reps}: 12 MP corpus")
     suites.ours_e2e(bench, large, bench.model, s, "ours_large")
     suites.seed_e2e(bench, large, s, "seed_large")
-    suites.ours_e2e(bench, large, int8, s, "int8_large")
+    suites.ours_e2e(bench, large, models.int8, s, "int8_large")
+    suites.ours_e2e(bench, large, models.dynamic, s, "dyn_large")
     log(f"rep {rep + 1}/{plan.reps}: ~1 MP corpus")
     suites.ours_e2e(bench, small, bench.model, s, "ours_small")
     suites.seed_e2e(bench, small, s, "seed_small")
@@ -208,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 plan = Plan(**{**plan.__dict__, "frontends": False})
     if frontends.missing("torch", "timm") is not None:
         notes.append("row 7 (PyTorch eager) skipped: torch and timm are not installed")
-    model, int8 = prepare_models(args, out)
+    models = prepare_models(args, out)
+    model, int8 = models.fp32, models.int8
     log("generating the corpora (cached after the first run)")
     corpora = {
         "large": suites.Corpus.make(
@@ -221,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet = 0.0 if args.smoke else args.quiet_wait
     bench = suites.Bench(model, out, args.batch_size, args.threads, quiet)
     sha256 = suites.seed_cache(model, out / "cache")
-    meta = machine(plan, args.batch_size, model)
+    meta = machine(plan, args.batch_size, models)
     samples = suites.Samples()
     for rep in range(plan.reps):
-        one_rep(rep, sha256, plan, bench, int8, corpora, samples)
+        one_rep(rep, sha256, plan, bench, models, corpora, samples)
     meta["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     others = samples.values.get("others_share", [0.0])
     meta["other processes' share of the CPUs during the timed runs"] = (

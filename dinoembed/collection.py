@@ -9,8 +9,9 @@ never mixed: :class:`MixedModelsError` names one sidecar of each.
 
 With a :class:`CollectionCache` only the sidecars whose stamp changed are read
 again; the rest come from a ``.npy`` matrix and a JSON index of sidecar names,
-stamps, image paths and source ETags. The cache lives in the dinoembed cache
-dir, keyed by the collection's location (see docs/use.md for why).
+stamps, image paths, source ETags and image facts (size, sha256, width, height:
+from the sidecar, or measured later by :mod:`dinoembed.facts`). The cache lives in
+the dinoembed cache dir, keyed by the collection's location (see docs/use.md for why).
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ import logging
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 from filelock import FileLock
 
 from dinoembed.atomic import is_temp_file, write_atomic
-from dinoembed.errors import PermanentError
+from dinoembed.errors import PermanentError, SourceGoneError
 from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.sidecars import image_name, same_space
 from dinoembed.similarity import Matrix, normalize_rows
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: entries carry size, sha256, width, height
 NOT_A_ROW = -1
 
 
@@ -59,6 +61,11 @@ class SidecarSource(Protocol):
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
         """The bytes of each sidecar (None when it vanished since the listing)."""
+        ...
+
+    def open_image(self, sidecar: str) -> BinaryIO:
+        """The image a sidecar describes (its name minus the suffix), as a seekable binary
+        stream; :class:`~dinoembed.errors.SourceGoneError` when it is not there."""
         ...
 
 
@@ -97,6 +104,16 @@ class FolderSource:
             except FileNotFoundError:
                 yield name, None
 
+    def open_image(self, sidecar: str) -> BinaryIO:
+        name = image_name(sidecar, self.suffix)
+        if name is None:
+            raise SourceGoneError(f"{sidecar}: not a sidecar name, so no image")
+        path = self.root / name
+        try:
+            return path.open("rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as err:
+            raise SourceGoneError(f"{path}: the image is gone") from err
+
 
 def _stamp(stat: os.stat_result) -> str:
     """Sidecars are replaced by rename (a new inode), so this changes with every rewrite."""
@@ -105,13 +122,22 @@ def _stamp(stat: os.stat_result) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One sidecar: its name and stamp, the image it describes, and its row (or -1)."""
+    """One sidecar: its name and stamp, the image it describes, its row (or -1), and what
+    is known of the image's bytes (each None until recorded or measured)."""
 
     sidecar: str
     stamp: str
     path: str
     etag: str | None
     row: int = NOT_A_ROW
+    size: int | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def pixels(self) -> int | None:
+        return self.width * self.height if self.width and self.height else None
 
 
 @dataclass(frozen=True)
@@ -161,7 +187,7 @@ class _ModelGuard:
         if self.model is None:
             self.model, self.seen_in = model, sidecar
             return
-        if (model.sha256, model.preprocess) != (self.model.sha256, self.model.preprocess):
+        if not same_space(model, self.model):
             raise MixedModelsError(
                 f"cannot mix embeddings of different models: {self.seen_in} was made by "
                 f"{_describe(self.model)} but {sidecar} by {_describe(model)}; re-embed one "
@@ -186,7 +212,17 @@ def _parse(name: str, stamp: str, data: bytes, guard: _ModelGuard, fresh: _Fresh
         log.warning("%s: not a dinoembed sidecar, skipped (%s)", name, type(err).__name__)
         fresh.entries[name] = Entry(name, stamp, "", None)
         return
-    fresh.entries[name] = Entry(name, stamp, result.file_path, result.source.etag)
+    src = result.source
+    fresh.entries[name] = Entry(
+        name,
+        stamp,
+        result.file_path,
+        src.etag,
+        size=src.size,
+        sha256=src.sha256,
+        width=src.width,
+        height=src.height,
+    )
     if result.ok and result.embedding is not None:
         guard.check(result.model, name)
         fresh.vectors[name] = result.embedding.embedding
@@ -257,7 +293,7 @@ def _assemble(
 
 
 def _with_row(entry: Entry, row: int) -> Entry:
-    return Entry(entry.sidecar, entry.stamp, entry.path, entry.etag, row)
+    return replace(entry, row=row)
 
 
 def _stack(
@@ -322,7 +358,8 @@ class CollectionCache:
                 "model": collection.model.model_dump() if collection.model else None,
                 "vectors": vectors,
                 "entries": [
-                    [e.sidecar, e.stamp, e.path, e.etag, e.row] for e in collection.entries
+                    [e.sidecar, e.stamp, e.path, e.etag, e.row, e.size, e.sha256, e.width, e.height]
+                    for e in collection.entries
                 ],
             }
             write_atomic(self.index_path, json.dumps(index).encode())

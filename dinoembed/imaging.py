@@ -7,6 +7,7 @@ bug.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
@@ -47,6 +48,36 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 )
 
 
+# Pillow plugins asked to *name* a file outside the allowlist (never to decode it):
+# each only parses a header when opened, and none runs an external program (EPS,
+# which Pillow hands to Ghostscript, and WMF are left out; PDF/EPS/PSD/SVG are named
+# by their signatures above before this runs). Formats recognised by a magic number
+# come first; TGA, which has none, comes last so it cannot claim another format's file.
+_PROBE_FORMATS = (
+    "ICO",
+    "CUR",
+    "PPM",
+    "PCX",
+    "DCX",
+    "SGI",
+    "QOI",
+    "DDS",
+    "ICNS",
+    "BLP",
+    "FLI",
+    "FTEX",
+    "GBR",
+    "IM",
+    "MSP",
+    "SUN",
+    "XBM",
+    "XPM",
+    "TGA",
+)
+# Pillow's one "PPM" plugin reads the whole Netpbm family; its magic says which it is.
+_NETPBM = {b"P1": "PBM", b"P4": "PBM", b"P2": "PGM", b"P5": "PGM", b"P7": "PAM", b"Pf": "PFM"}
+
+
 def _heif_available() -> bool:
     """Register pillow-heif's opener once, if it is installed."""
     with _heif_lock:
@@ -83,6 +114,22 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def probe_format(fh: BinaryIO, head: bytes) -> str | None:
+    """Name a real image in a format outside the allowlist from its header, without
+    decoding it (``Image.open`` is lazy), with the safe plugins of ``_PROBE_FORMATS``."""
+    fh.seek(0)
+    try:
+        with Image.open(fh, formats=_PROBE_FORMATS) as img:
+            name = img.format
+    except Exception:  # whatever a plugin raises, the file is not identified
+        return None
+    finally:
+        fh.seek(0)
+    if name == "PPM":
+        return _NETPBM.get(head[:2], "PPM")
+    return name
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
     max_pixels: int
@@ -105,33 +152,76 @@ def check_byte_size(size: int, limits: DecodeLimits) -> None:
         raise NotAnImageError("not an image: the file is empty")
 
 
-def decode(
-    source: bytes | Path, limits: DecodeLimits, target: DecodeTarget | None = None
-) -> Image.Image:
-    """Untrusted bytes or a file -> a loaded RGB image, oriented per EXIF, first frame."""
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded image and what is known of the original: its size after EXIF
+    orientation (before any reduced-scale decoding) and the sha256 of its bytes."""
+
+    image: Image.Image
+    width: int
+    height: int
+    sha256: str | None
+
+
+Source = bytes | Path | Image.Image
+
+
+def decode_image(
+    source: Source, limits: DecodeLimits, target: DecodeTarget | None = None
+) -> Decoded:
+    """Untrusted bytes, a file or a PIL image -> a loaded RGB image, oriented per EXIF,
+    first frame; the bytes of a file are read once, for both hashing and decoding."""
+    if isinstance(source, Image.Image):
+        return _from_pil(source, limits)
     if isinstance(source, Path):
         check_byte_size(source.stat().st_size, limits)
-        with source.open("rb") as fh:
-            return _decode_stream(fh, limits, target)
+        source = source.read_bytes()
     check_byte_size(len(source), limits)
-    return _decode_stream(io.BytesIO(source), limits, target)
+    digest = hashlib.sha256(source).hexdigest()
+    image, (width, height) = _decode_stream(io.BytesIO(source), limits, target)
+    return Decoded(image, width, height, digest)
 
 
-def _decode_stream(fh: BinaryIO, limits: DecodeLimits, target: DecodeTarget | None) -> Image.Image:
+def decode(source: Source, limits: DecodeLimits, target: DecodeTarget | None = None) -> Image.Image:
+    """:func:`decode_image`, the image only."""
+    return decode_image(source, limits, target).image
+
+
+def _from_pil(img: Image.Image, limits: DecodeLimits) -> Decoded:
+    """An image already in memory (the Python API): limits, first frame, orientation, RGB."""
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"image too large: {width}x{height} exceeds {limits.max_pixels} pixels"
+        )
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    oriented = to_rgb(_orient(img))
+    return Decoded(oriented, oriented.width, oriented.height, None)
+
+
+def _decode_stream(
+    fh: BinaryIO, limits: DecodeLimits, target: DecodeTarget | None
+) -> tuple[Image.Image, tuple[int, int]]:
     head = fh.read(512)
     fh.seek(0)
     img = _open(fh, head, limits)
+    full = img.size
     if target is not None and target.reduce and img.format in ("JPEG", "MPO"):
         img.draft(None, min_decode_size(img.width, img.height, target.mode, target.input_size))
     _load(img, limits)
-    return to_rgb(_orient(img))
+    loaded = img.size
+    oriented = _orient(img)
+    if oriented.size != loaded:  # rotated by 90 degrees: the original's sides swap too
+        full = (full[1], full[0])
+    return to_rgb(oriented), full
 
 
 def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
     try:
         img = Image.open(fh, formats=allowed_formats())
     except UnidentifiedImageError as err:
-        name = sniff_format(head)
+        name = sniff_format(head) or probe_format(fh, head)
         if name is not None:
             raise UnsupportedFormatError(f"unsupported format: {name}") from err
         raise NotAnImageError("not an image: the data is not a recognised image format") from err

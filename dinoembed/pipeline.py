@@ -3,34 +3,38 @@
 Inputs are decoded and preprocessed on a small thread pool (Pillow releases
 the GIL while decoding) feeding batches into the engine, so decoding overlaps
 inference. At most a bounded window of images is in flight, so decoded
-full-size images never pile up. Outcomes come back in input order.
+full-size images never pile up. Outcomes come back in input order, each with its
+:class:`Disposition`: what the adapter does with it (write, skip, retry).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from dinoembed.engine import Engine, available_cpus, create_session, is_standin
-from dinoembed.errors import DinoEmbedError, ImageError
-from dinoembed.imaging import DecodeLimits, DecodeTarget, decode
+from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError, TransientError
+from dinoembed.imaging import DecodeLimits, DecodeTarget, decode_image
 from dinoembed.model_store import ModelSource, ModelStore
 from dinoembed.results import Embedding, EmbeddingResult, ModelInfo, SourceInfo
 from dinoembed.settings import Settings
+from dinoembed.sidecars import Recipe
 from dinoembed.transforms import preprocess
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[], "bytes | Path"]
+Loader = Callable[[], "bytes | Path | Image.Image"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +46,54 @@ class ImageItem:
     source: SourceInfo = field(default_factory=SourceInfo)
 
 
+class Disposition(enum.Enum):
+    """What an adapter does with an outcome; it never has to look at the error itself."""
+
+    EMBEDDED = "embedded"  # a success result: write it
+    ERROR = "error"  # the input is bad (permanent): write the error result, do not retry
+    GONE = "gone"  # the input vanished before it was read: nothing to write
+    RETRY = "retry"  # a transient failure (network, throttling): nothing written, retry later
+
+    @property
+    def writes(self) -> bool:
+        """The result belongs in a sidecar."""
+        return self in (Disposition.EMBEDDED, Disposition.ERROR)
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A result for the item, or the non-image error (vanished, transient) that stopped it."""
+    """The result for one input and what to do with it.
+
+    ``result`` is always set (an error result saying why, for GONE and RETRY too, so a
+    command line can print one line per input); write it when ``disposition.writes``.
+    """
 
     item: ImageItem
-    result: EmbeddingResult | None
-    failure: DinoEmbedError | None = None
+    disposition: Disposition
+    result: EmbeddingResult
     seconds: float = 0.0
 
+    @property
+    def reason(self) -> str:
+        return self.result.error or ""
 
-_Prepared = tuple[NDArray[np.float32] | None, EmbeddingResult | DinoEmbedError | None, float]
-_Inferred = tuple[list[tuple["ImageItem", _Prepared]], NDArray[np.float32] | None, float]
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A decoded input (its tensor and what decoding learnt of the source), or its outcome."""
+
+    item: ImageItem
+    tensor: NDArray[np.float32] | None
+    source: SourceInfo
+    early: Outcome | None
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Inferred:
+    batch: list[_Prepared]
+    vectors: NDArray[np.float32] | None
+    seconds_per_image: float
 
 
 def float32_list(vector: NDArray[np.float32]) -> list[float]:
@@ -61,8 +101,12 @@ def float32_list(vector: NDArray[np.float32]) -> list[float]:
     return [float(str(v)) for v in vector.astype(np.float32)]
 
 
-class Embedder:
-    """Decode -> preprocess -> batch -> engine -> results, in input order."""
+class Pipeline:
+    """Decode -> preprocess -> batch -> engine -> results, in input order.
+
+    Thread-safe: each :meth:`embed` call has its own decode pool and inference thread,
+    and ONNX Runtime sessions may be run from several threads.
+    """
 
     def __init__(
         self,
@@ -82,6 +126,15 @@ class Embedder:
         self.batch_size = batch_size
         self.decode_workers = max(1, decode_workers)
         self.target = DecodeTarget(model.preprocess, model.input_size, reduce_jpeg)
+
+    @property
+    def normalize(self) -> bool:
+        return self.engine.normalize
+
+    @property
+    def recipe(self) -> Recipe:
+        """What this pipeline's embeddings are made by (for the currency rule)."""
+        return Recipe(self.model, self.engine.normalize)
 
     def embed(self, items: Iterable[ImageItem]) -> Iterator[Outcome]:
         """Batch k+1 runs in the engine while the caller handles batch k's outcomes."""
@@ -103,21 +156,20 @@ class Embedder:
 
     def _batches(
         self, pool: ThreadPoolExecutor, items: Iterable[ImageItem]
-    ) -> Iterator[list[tuple[ImageItem, _Prepared]]]:
+    ) -> Iterator[list[_Prepared]]:
         """Prepared inputs in order, cut after every ``batch_size`` decodable images.
         At most a window of inputs is being decoded at any time."""
         window = self.batch_size + 2 * self.decode_workers
-        pending: deque[tuple[ImageItem, Future[_Prepared]]] = deque()
-        ready: list[tuple[ImageItem, _Prepared]] = []
+        pending: deque[Future[_Prepared]] = deque()
+        ready: list[_Prepared] = []
         tensors = 0
         for item in chain(items, [None]):
             if item is not None:
-                pending.append((item, pool.submit(self._prepare, item)))
+                pending.append(pool.submit(self._prepare, item))
             while pending and (len(pending) >= window or item is None):
-                done, future = pending.popleft()
-                prepared = future.result()
-                ready.append((done, prepared))
-                tensors += prepared[0] is not None
+                prepared = pending.popleft().result()
+                ready.append(prepared)
+                tensors += prepared.tensor is not None
                 if tensors >= self.batch_size:
                     yield ready
                     ready, tensors = [], 0
@@ -125,64 +177,74 @@ class Embedder:
             yield ready
 
     def _prepare(self, item: ImageItem) -> _Prepared:
+        """The model input for ``item`` (timed), or the outcome that replaces it."""
         start = time.perf_counter()
-        tensor, other = self._tensor_or_failure(item)
-        return tensor, other, time.perf_counter() - start
-
-    def _tensor_or_failure(
-        self, item: ImageItem
-    ) -> tuple[NDArray[np.float32] | None, EmbeddingResult | DinoEmbedError | None]:
-        """The model input for ``item``, or the error result / adapter failure instead."""
         try:
-            img = decode(item.load(), self.limits, self.target)
-            return preprocess(img, self.model.preprocess, self.model.input_size), None
-        except ImageError as err:
-            return None, self.error_result(item, str(err))
-        except DinoEmbedError as err:
-            return None, err
-        except FileNotFoundError:
-            return None, self.error_result(item, "file not found")
-        except OSError as err:
-            reason = err.strerror or type(err).__name__
-            return None, self.error_result(item, f"cannot read file: {reason}")
-        except Exception as err:  # one bad file must not sink the batch; logged as a bug
-            log.exception("internal error while decoding %s", item.file_path)
-            return None, self.error_result(item, f"internal error: {type(err).__name__}")
+            decoded = decode_image(item.load(), self.limits, self.target)
+            tensor = preprocess(decoded.image, self.model.preprocess, self.model.input_size)
+            source = item.source.model_copy(
+                update={"sha256": decoded.sha256, "width": decoded.width, "height": decoded.height}
+            )
+            return _Prepared(item, tensor, source, None, time.perf_counter() - start)
+        except Exception as err:  # one bad input must not sink the batch
+            early = self._failure(item, err)
+            return _Prepared(item, None, item.source, early, time.perf_counter() - start)
 
-    def _infer(self, ready: list[tuple[ImageItem, _Prepared]]) -> _Inferred:
+    def _failure(self, item: ImageItem, err: Exception) -> Outcome:
+        """Every way reading or decoding an input can fail, mapped onto what to do about it."""
+        if isinstance(err, ImageError):
+            return self._outcome(item, Disposition.ERROR, str(err))
+        if isinstance(err, SourceGoneError):
+            return self._outcome(item, Disposition.GONE, str(err))
+        if isinstance(err, TransientError):
+            return self._outcome(item, Disposition.RETRY, str(err))
+        if isinstance(err, DinoEmbedError):  # e.g. S3 refused the read (AccessDenied)
+            return self._outcome(item, Disposition.ERROR, f"cannot read: {err}")
+        if isinstance(err, FileNotFoundError):
+            return self._outcome(item, Disposition.ERROR, "file not found")
+        if isinstance(err, OSError):
+            reason = err.strerror or type(err).__name__
+            return self._outcome(item, Disposition.ERROR, f"cannot read file: {reason}")
+        log.error("internal error while decoding %s", item.file_path, exc_info=err)
+        return self._outcome(item, Disposition.ERROR, f"internal error: {type(err).__name__}")
+
+    def _outcome(self, item: ImageItem, disposition: Disposition, reason: str) -> Outcome:
+        return Outcome(item, disposition, self.error_result(item, reason))
+
+    def _infer(self, ready: list[_Prepared]) -> _Inferred:
         """On the inference thread: one engine run for the batch's decodable images."""
-        tensors = [tensor for _, (tensor, _, _) in ready if tensor is not None]
+        tensors = [p.tensor for p in ready if p.tensor is not None]
         if not tensors:
-            return ready, None, 0.0
+            return _Inferred(ready, None, 0.0)
         start = time.perf_counter()
         vectors = self.engine.embed(np.stack(tensors))
-        return ready, vectors, (time.perf_counter() - start) / len(tensors)
+        return _Inferred(ready, vectors, (time.perf_counter() - start) / len(tensors))
 
     def _outcomes(self, inferred: _Inferred) -> Iterator[Outcome]:
         """On the caller's thread (so building results overlaps the next engine run)."""
-        ready, vectors, per_image = inferred
         row = 0
-        for item, (tensor, other, seconds) in ready:
-            if tensor is not None and vectors is not None:
-                yield Outcome(item, self._success(item, vectors[row]), None, seconds + per_image)
-                row += 1
-            elif isinstance(other, EmbeddingResult):
-                yield Outcome(item, other, None, seconds)
-            else:
-                yield Outcome(item, None, other, seconds)
+        for prepared in inferred.batch:
+            if prepared.early is not None:
+                yield replace(prepared.early, seconds=prepared.seconds)
+                continue
+            assert inferred.vectors is not None  # every tensor of the batch was inferred
+            result = self._success(prepared, inferred.vectors[row])
+            row += 1
+            seconds = prepared.seconds + inferred.seconds_per_image
+            yield Outcome(prepared.item, Disposition.EMBEDDED, result, seconds)
 
-    def _success(self, item: ImageItem, vector: NDArray[np.float32]) -> EmbeddingResult:
+    def _success(self, prepared: _Prepared, vector: NDArray[np.float32]) -> EmbeddingResult:
         embedding = Embedding(
             embedding=float32_list(vector),
             embedding_dim=int(vector.shape[0]),
             normalized=self.engine.normalize,
         )
         return EmbeddingResult(
-            file_path=item.file_path,
+            file_path=prepared.item.file_path,
             status="success",
             embedding=embedding,
             model=self.model,
-            source=item.source,
+            source=prepared.source,
         )
 
     def error_result(self, item: ImageItem, message: str) -> EmbeddingResult:
@@ -195,7 +257,7 @@ class Embedder:
         )
 
 
-def build_embedder(settings: Settings, store: ModelStore | None = None) -> Embedder:
+def build_pipeline(settings: Settings, store: ModelStore | None = None) -> Pipeline:
     """Resolve the model and assemble the pipeline from settings (one call per process)."""
     store = store or ModelStore(settings.cache_dir)
     resolved = store.resolve(ModelSource.from_settings(settings))
@@ -224,7 +286,7 @@ def build_embedder(settings: Settings, store: ModelStore | None = None) -> Embed
         engine.spec.batch_mode,
         engine.spec.dim,
     )
-    return Embedder(
+    return Pipeline(
         engine,
         model,
         DecodeLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_bytes),

@@ -4,7 +4,13 @@ The real weights cannot be downloaded in every environment (CI, air-gapped
 machines). ``build_vit`` writes the exact ViT-S/14 architecture (patch 14, 12
 blocks, dim 384, 6 heads, MLP 1536, LayerScale, 224 input): the same compute
 as the real model, meaningless embeddings. ``build_tiny`` writes a few-KB model
-with the same input/output contract for unit tests. Needs the ``onnx`` package
+with the same input/output contract for unit tests.
+
+By default both mirror the production model's contract (SPEC §2): a static
+input ``input`` ``[1, 3, S, S]`` float32 and one output ``output`` ``[1, D]``,
+so the engine runs one image per ``session.run`` exactly as it does with the
+real DINOv2 file. ``batch=None`` writes a dynamic-batch variant (batch
+dimension named ``batch``). Needs the ``onnx`` package
 (``pip install 'dinoembed[standin]'``); nothing else in dinoembed does.
 """
 
@@ -20,8 +26,9 @@ import numpy as np
 from dinoembed.errors import ConfigError
 
 OPSET = 17
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "embedding"
+INPUT_NAME = "input"  # the production model's tensor names (SPEC §2)
+OUTPUT_NAME = "output"
+PRODUCTION_BATCH = 1  # static: one image per run, like the real model; None = dynamic
 STANDIN_MARK = "dinoembed.standin"  # metadata key; results then name the model "standin:…"
 
 
@@ -148,8 +155,14 @@ def _block(g: _Graph, x: str, i: int, cfg: VitConfig) -> str:
     return g.op("Add", x, g.op("Mul", mlp, gamma2))
 
 
-def build_vit(path: Path, cfg: VitConfig = VIT_S14, *, batch: int | None = None) -> Path:
-    """Write a DINOv2-style ViT (CLS embedding output [N, dim]) with seeded random weights."""
+def build_vit(
+    path: Path, cfg: VitConfig = VIT_S14, *, batch: int | None = PRODUCTION_BATCH
+) -> Path:
+    """Write a DINOv2-style ViT (CLS embedding output [batch, dim]) with seeded random weights.
+
+    ``batch`` is the static batch dimension (1, the production contract) or None
+    for a dynamic one.
+    """
     g = _Graph(cfg.seed)
     patch_w = g.weight("patch_embed.weight", (cfg.dim, 3, cfg.patch, cfg.patch))
     patch_b = g.const("patch_embed.bias", np.zeros(cfg.dim, np.float32))
@@ -181,7 +194,7 @@ def build_tiny(
     *,
     dim: int = 32,
     image_size: int = 224,
-    batch: int | None = None,
+    batch: int | None = PRODUCTION_BATCH,
     tokens: bool = False,
     seed: int = 0,
 ) -> Path:
@@ -190,6 +203,7 @@ def build_tiny(
     Flattening the pooled grid keeps it position-sensitive (a mirrored image
     gives a different embedding), which the preprocessing tests rely on.
     With ``tokens`` the output is [N, 2, dim] (token 0 is the embedding).
+    ``batch`` as for :func:`build_vit`: static 1 by default, None for dynamic.
     """
     patch = 14
     channels, grid = 4, 4

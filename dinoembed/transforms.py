@@ -2,7 +2,9 @@
 
 ``center-crop`` reproduces torchvision's ``Resize(256, BICUBIC)`` +
 ``CenterCrop(224)`` + ``ToTensor`` + ``Normalize(ImageNet)`` on PIL images,
-including torchvision's rounding. ``squash`` resizes straight to S x S.
+including torchvision's rounding. ``squash`` is the seed plugin's transform
+(cl_ml_tools ``dino_embedding``): resize straight to S x S with **bilinear**
+resampling, then the same normalisation, so its users keep their vectors.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def resize_center_crop(img: Image.Image, input_size: int) -> Image.Image:
 
 
 def squash(img: Image.Image, input_size: int) -> Image.Image:
-    return img.resize((input_size, input_size), Image.Resampling.BICUBIC)
+    """The seed plugin's resize: the whole image to S x S, bilinear (aspect not kept)."""
+    return img.resize((input_size, input_size), Image.Resampling.BILINEAR)
 
 
 def normalize_into(img: Image.Image, out: NDArray[np.float32]) -> None:

@@ -32,8 +32,9 @@ from dinoembed.handler.model_fetch import fetchers_with_s3
 from dinoembed.handler.observability import Tally, make_logger, make_metrics, publish
 from dinoembed.handler.process import Processor, Report
 from dinoembed.handler.s3io import S3Objects, make_client
+from dinoembed.logs import capture_library_warnings
 from dinoembed.model_store import ModelStore
-from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
 from dinoembed.sidecars import Recipe
 
@@ -48,16 +49,16 @@ class Runtime:
     s3_client: Any
     logger: Logger
     metrics: Metrics
-    _embedder: Embedder | None = None
+    _embedder: Pipeline | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     model_loads: int = 0
 
-    def embedder(self) -> Embedder:
+    def embedder(self) -> Pipeline:
         """The pipeline, built on first use (the model download happens here, once)."""
         with self._lock:
             if self._embedder is None:
                 store = ModelStore(self.settings.cache_dir, fetchers_with_s3(self.s3_client))
-                self._embedder = build_embedder(self.settings, store=store)
+                self._embedder = build_pipeline(self.settings, store=store)
                 self.model_loads += 1
             return self._embedder
 
@@ -68,7 +69,7 @@ class Runtime:
         return SidecarDeleter(S3Objects(self.s3_client), self.settings.output_suffix)
 
     def recipe(self) -> Recipe:
-        return Recipe(self.embedder().model, self.settings.normalize)
+        return self.embedder().recipe
 
     def batch_operations(self) -> BatchOperations:
         objects = S3Objects(self.s3_client)
@@ -100,6 +101,7 @@ def runtime() -> Runtime:
     global _runtime
     if _runtime is None:
         logger = make_logger()  # configures the "dinoembed" loggers before anything logs
+        capture_library_warnings()  # Pillow's warnings become log records, not raw stderr
         _runtime = Runtime(lambda_settings(), make_client(), logger, make_metrics())
     return _runtime
 

@@ -4,8 +4,8 @@
 - :class:`S3SidecarSource`: the sidecars under a prefix as a
   :class:`~dinoembed.collection.SidecarSource` (stamp = the sidecar's own ETag),
   read concurrently on a small thread pool;
-- backfill: the images without an up-to-date sidecar (same source ETag, same
-  model sha256 and preprocessing, as the Lambda handler decides), then either
+- backfill: the images without a current sidecar (the core's rule, as the Lambda
+  handler decides), then either
   embedded here in batches by the handler's own :class:`~handler.process.Processor`
   (conditional writes included), or announced to the function's SQS queue as
   S3-notification-shaped messages (``send_message_batch``, 10 per call).
@@ -13,13 +13,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,9 +31,9 @@ from dinoembed.handler.observability import Tally
 from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects, client_config, map_error
 from dinoembed.local import looks_like_image
-from dinoembed.pipeline import Embedder
-from dinoembed.results import EmbeddingResult, utc_now
-from dinoembed.sidecars import is_sidecar, sidecar_name
+from dinoembed.pipeline import Pipeline
+from dinoembed.results import SourceInfo, utc_now
+from dinoembed.sidecars import Recipe, image_name, is_sidecar, judge, parse_result, sidecar_name
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,15 @@ class S3SidecarSource:
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
         return read_objects(self.client, self.bucket, names, workers=self.workers)
 
+    def open_image(self, sidecar: str) -> BinaryIO:
+        """The image object (its key is the sidecar's minus the suffix), read whole: hashing
+        needs every byte anyway, and a thumbnail decoder needs a seekable stream."""
+        key = image_name(sidecar, self.suffix)
+        if key is None:
+            raise SourceGoneError(f"s3://{self.bucket}/{sidecar}: not a sidecar key, so no image")
+        data = S3Objects(self.client).read(self.bucket, key, etag=None, version_id=None)
+        return io.BytesIO(data)
+
 
 @dataclass
 class BackfillSummary:
@@ -134,10 +144,10 @@ class BackfillSummary:
 
 
 def stale_images(
-    client: Any, bucket: str, prefix: str, suffix: str, *, sha256: str, preprocess: str
+    client: Any, bucket: str, prefix: str, suffix: str, recipe: Recipe
 ) -> tuple[list[ObjectRef], int]:
-    """Images under the prefix without a sidecar for this very object and model; and how
-    many images there are in all."""
+    """Images under the prefix whose sidecar is not current (the core's rule,
+    :func:`~dinoembed.sidecars.judge`) for ``recipe``; and how many images there are."""
     listed = list(list_objects(client, bucket, prefix))
     sidecars = {obj.key for obj in listed if is_sidecar(obj.key, suffix)}
     images = [
@@ -145,19 +155,18 @@ def stale_images(
         for obj in listed
         if not is_sidecar(obj.key, suffix) and looks_like_image(Path(obj.key), suffix)
     ]
-    to_check = [sidecar_name(obj.key, suffix) for obj in images]
-    to_check = [key for key in to_check if key in sidecars]
-    recorded: dict[str, tuple[str | None, str, str]] = {}
-    for key, data in read_objects(client, bucket, to_check):
-        try:
-            result = EmbeddingResult.read_json(data or b"")
-        except ValueError:
-            continue
-        recorded[key] = (result.source.etag, result.model.sha256, result.model.preprocess)
+    to_check = [key for obj in images if (key := sidecar_name(obj.key, suffix)) in sidecars]
+    recorded = {
+        key: parse_result(data or b"") for key, data in read_objects(client, bucket, to_check)
+    }
     todo = [
         ObjectRef(bucket, obj.key, size=obj.size, etag=obj.etag)
         for obj in images
-        if recorded.get(sidecar_name(obj.key, suffix)) != (obj.etag, sha256, preprocess)
+        if judge(
+            recorded.get(sidecar_name(obj.key, suffix)),
+            SourceInfo(size=obj.size, etag=obj.etag),
+            recipe,
+        ).needs_writing
     ]
     return todo, len(images)
 
@@ -165,7 +174,7 @@ def stale_images(
 def embed_here(
     client: Any,
     refs: Sequence[ObjectRef],
-    embedder: Embedder,
+    embedder: Pipeline,
     suffix: str,
     *,
     on_progress: Callable[[int], None] = lambda n: None,

@@ -5,8 +5,9 @@ For each object announced:
 1. skip it when its key is one of our own sidecars (recursion guard) or not an image;
 2. learn its size and ETag (from the event, else ``HeadObject``); a vanished object
    is skipped;
-3. read its sidecar: if that records the same source ETag and the same model sha256
-   and preprocessing, skip (idempotent under at-least-once delivery);
+3. read its sidecar: if it is current (the core's rule, :func:`dinoembed.sidecars.judge`:
+   this object's version id or ETag, this model, preprocessing and normalisation), or
+   written by a newer dinoembed, skip (idempotent under at-least-once delivery);
 4. an object above ``DINOEMBED_MAX_BYTES`` gets an error sidecar without being
    downloaded; the rest are embedded together, in batches, by the core pipeline;
 5. write each sidecar with ``IfNoneMatch: *`` (none existed) or ``IfMatch`` (the
@@ -23,15 +24,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError, TransientError
+from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
 from dinoembed.handler.s3io import ObjectMeta, S3Objects, Sidecar
 from dinoembed.imaging import check_byte_size
 from dinoembed.local import looks_like_image
-from dinoembed.pipeline import Embedder, ImageItem
-from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo
-from dinoembed.sidecars import is_sidecar, sidecar_name
+from dinoembed.pipeline import Disposition, ImageItem, Pipeline
+from dinoembed.results import EmbeddingResult, SourceInfo
+from dinoembed.sidecars import Verdict, is_sidecar, judge, sidecar_name
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +55,11 @@ class Report:
     tally: Tally = field(default_factory=Tally)
 
 
-def sidecar_is_current(sidecar: Sidecar | None, etag: str | None, model: ModelInfo) -> bool:
-    """True when the sidecar records this very object (ETag) made by this very model."""
-    if sidecar is None or sidecar.result is None or etag is None:
-        return False
-    result = sidecar.result
-    return (
-        result.source.etag == etag
-        and result.model.sha256 == model.sha256
-        and result.model.preprocess == model.preprocess
-    )
-
-
 class Processor:
     """Turns announced objects into sidecars; one per execution environment."""
 
     def __init__(
-        self, objects: S3Objects, embedder: Callable[[], Embedder], output_suffix: str
+        self, objects: S3Objects, embedder: Callable[[], Pipeline], output_suffix: str
     ) -> None:
         self.objects = objects
         self._embedder = embedder
@@ -101,7 +90,7 @@ class Processor:
             return False
         return True
 
-    def _plan(self, ref: ObjectRef, embedder: Embedder, report: Report) -> _Job | None:
+    def _plan(self, ref: ObjectRef, embedder: Pipeline, report: Report) -> _Job | None:
         try:
             meta = self._meta(ref)
             existing = self.objects.read_sidecar(ref.bucket, self._sidecar_key(ref))
@@ -111,8 +100,14 @@ class Processor:
         except DinoEmbedError as err:
             self._fail(ref, report, str(err))
             return None
-        if sidecar_is_current(existing, meta.etag, embedder.model):
+        recorded = existing.result if existing else None
+        source = SourceInfo(size=meta.size, etag=meta.etag, version_id=meta.version_id)
+        verdict = judge(recorded, source, embedder.recipe)
+        if verdict is Verdict.CURRENT:
             self._skip(ref, report, "sidecar is current")
+            return None
+        if verdict is Verdict.NEWER:
+            self._skip(ref, report, "sidecar written by a newer dinoembed; left alone")
             return None
         item = self._item(ref, meta)
         try:
@@ -135,22 +130,19 @@ class Processor:
         source = SourceInfo(size=meta.size, etag=meta.etag, version_id=meta.version_id)
         return ImageItem(file_path=ref.uri, load=load, source=source)
 
-    def _run(self, jobs: list[_Job], embedder: Embedder, report: Report) -> None:
+    def _run(self, jobs: list[_Job], embedder: Pipeline, report: Report) -> None:
         to_embed = [job for job in jobs if job.error is None]
         for job in jobs:
             if job.error is not None:
                 self._write(job, embedder.error_result(job.item, job.error), report, 0.0)
         outcomes = embedder.embed(job.item for job in to_embed)
         for job, outcome in zip(to_embed, outcomes, strict=True):
-            if outcome.result is not None:
+            if outcome.disposition is Disposition.GONE:
+                self._skip(job.ref, report, f"object gone: {outcome.reason}")
+            elif outcome.disposition is Disposition.RETRY:
+                self._fail(job.ref, report, outcome.reason)
+            else:
                 self._write(job, outcome.result, report, outcome.seconds)
-            elif isinstance(outcome.failure, SourceGoneError):
-                self._skip(job.ref, report, f"object gone: {outcome.failure}")
-            elif isinstance(outcome.failure, TransientError):
-                self._fail(job.ref, report, str(outcome.failure))
-            else:  # a permanent S3 refusal (e.g. AccessDenied): say so in the sidecar
-                message = f"cannot read object: {outcome.failure}"
-                self._write(job, embedder.error_result(job.item, message), report, 0.0)
 
     def _write(self, job: _Job, result: EmbeddingResult, report: Report, seconds: float) -> None:
         replaces = job.existing.etag if job.existing else None

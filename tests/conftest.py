@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
 from dinoembed.standin import build_tiny
 
@@ -47,7 +47,14 @@ def _no_leaked_threads() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The production shape (static [1,3,224,224] ``input``): one image per run."""
     return build_tiny(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_dynamic_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dynamic-batch variant: the engine runs whole batches through it."""
+    return build_tiny(tmp_path_factory.mktemp("models") / "tiny-dynamic.onnx", batch=None)
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +63,8 @@ def tiny_settings(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="session")
-def embedder(tiny_settings: Settings) -> Embedder:
-    return build_embedder(tiny_settings)
+def embedder(tiny_settings: Settings) -> Pipeline:
+    return build_pipeline(tiny_settings)
 
 
 def sample_photos() -> dict[str, Image.Image]:

@@ -8,13 +8,15 @@ complete. It checks no timings.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from benchmarks import report
+from benchmarks import procs, report
 from benchmarks.corpus import EXIF_ORIENTATION, CorpusSpec, generate
 from benchmarks.run import main
 from benchmarks.seed_pipeline import seed_preprocess
@@ -36,6 +38,12 @@ def test_smoke_run_measures_every_row_and_writes_the_reports(tmp_path: Path) -> 
     for key in ("ours_large_cold_s", "floor_cold_s", "ours_large_rss_mb", "lambda_warm_s"):
         assert data["summary"][key]["best"] > 0
     assert data["meta"]["cpu"] and data["meta"]["date"]
+    # AND the rows run the production shape, with one dynamic-batch stand-in row kept
+    assert data["meta"]["model"] == "tiny-static.onnx"
+    assert data["meta"]["dynamic_batch_model"] == "tiny-dynamic.onnx"
+    for name, batch in (("tiny-static.onnx", [1]), ("tiny-dynamic.onnx", ["batch"])):
+        inputs = ort.InferenceSession(str(tmp_path / name)).get_inputs()
+        assert [(i.name, i.shape) for i in inputs] == [("input", [*batch, 3, 224, 224])]
     agreement = next(iter(data["agreement"].values()))
     assert agreement["images"] == 3 and 0.99 < agreement["min"] <= 1.0 + 1e-6
     text = results_md.read_text()
@@ -50,13 +58,13 @@ def test_regenerated_results_keep_the_hand_written_analysis(tmp_path: Path) -> N
     # GIVEN a RESULTS.md with an analysis written below the marker
     path = tmp_path / "RESULTS.md"
     path.write_text(f"old table\n{report.KEEP_MARKER}\n## Analysis\nwhy\n")
-    data = {"meta": {"cpu": "x"}, "summary": report.summarize({"model_bN_ms": [2.0, 1.0]})}
+    data = {"meta": {"cpu": "x"}, "summary": report.summarize({"model_ms": [2.0, 1.0]})}
     # WHEN it is regenerated from new results
     report.write_markdown(data, path)
     # THEN the tables are new and the analysis is still there, once
     text = path.read_text()
     assert "old table" not in text
-    assert "| 1. model only, fp32, batch ? (the floor) | 1 | 1.5 | ms/img |" in text
+    assert "| 1. model only, fp32, 1 image per run (the floor) | 1 | 1.5 | ms/img |" in text
     assert text.count(report.KEEP_MARKER) == 1 and text.endswith("## Analysis\nwhy\n")
 
 
@@ -91,3 +99,27 @@ def test_seed_baseline_squashes_with_bilinear_resampling(photos: dict[str, Image
     expected = ((squashed / 255.0 - mean) / std).transpose(2, 0, 1)[None]
     assert tensor.shape == (1, 3, 224, 224) and tensor.dtype == np.float32
     np.testing.assert_allclose(tensor, expected, atol=1e-5)
+
+
+def _own_rss_mb() -> float:
+    """This process's resident set now, from /proc/self/status (VmRSS, KiB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_peak_rss_is_the_benchmarked_process_own_not_the_harness() -> None:
+    # GIVEN a harness process holding a large array, every page touched
+    ballast = np.ones(600 * 2**20 // 8)
+    parent_mb = _own_rss_mb()
+    assert parent_mb > 600
+    # WHEN a tiny process and one that allocates 200 MB itself are measured
+    tiny = procs.run([sys.executable, "-c", "pass"])
+    grows = procs.run([sys.executable, "-c", "import numpy; a = numpy.ones(200 * 2**17)"])
+    # THEN the tiny one reports a small peak, not the harness's RSS ...
+    assert 0 < tiny.max_rss_mb < parent_mb / 2
+    # ... and the peak is still the process's real one: its own 200 MB show
+    assert 200 <= grows.max_rss_mb < 200 + parent_mb / 2
+    assert tiny.wall > 0 and tiny.returncode == 0
+    del ballast

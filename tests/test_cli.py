@@ -130,15 +130,29 @@ def test_unavailable_model_is_a_clear_error(folder: Path, tmp_path: Path) -> Non
     assert last.endswith("set DINOEMBED_MODEL_PATH to a local copy")
 
 
-def test_model_standin_and_info(tmp_path: Path) -> None:
+def _contract(path: Path) -> list[tuple[str, list[Any], str]]:
+    """(name, shape, type) of every input then every output, as onnxruntime sees the file."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    args = [*session.get_inputs(), *session.get_outputs()]
+    return [(a.name, list(a.shape), a.type) for a in args]
+
+
+def test_model_standin_mirrors_the_production_contract(tmp_path: Path) -> None:
+    # GIVEN the default stand-in
     out = tmp_path / "vits14.onnx"
     made = run_cli("model", "standin", str(out))
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["standin"] is True
+    # THEN it has the real DINOv2 file's contract (SPEC §2), nothing more
+    assert _contract(out) == [
+        ("input", [1, 3, 224, 224], "tensor(float)"),
+        ("output", [1, 384], "tensor(float)"),
+    ]
     info: dict[str, Any] = json.loads(run_cli("model", "info", "--model", str(out)).stdout)
-    assert info["dim"] == 384 and info["input_size"] == 224 and info["batch"] == "dynamic"
-    assert info["standin"] is True
-    assert info["inputs"][0]["shape"][1:] == [3, 224, 224]
+    assert info["dim"] == 384 and info["input_size"] == 224
+    assert info["batch"] == "static (1 image per run)" and info["standin"] is True
     # the exact ViT-S/14 size: ~22M float32 parameters
     import onnx
 
@@ -146,12 +160,29 @@ def test_model_standin_and_info(tmp_path: Path) -> None:
     assert 21_500_000 < params < 22_500_000
 
 
-def test_tiny_standin_is_a_few_kilobytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tiny", [False, True])
+def test_model_standin_dynamic_batch_has_a_symbolic_batch_dim(tmp_path: Path, tiny: bool) -> None:
+    out = tmp_path / "dynamic.onnx"
+    made = run_cli("model", "standin", str(out), "--dynamic-batch", *(["--tiny"] * tiny))
+    assert made.returncode == 0, made.stderr
+    (in_name, in_shape, _), (out_name, out_shape, _) = _contract(out)
+    assert (in_name, out_name) == ("input", "output")
+    assert isinstance(in_shape[0], str) and in_shape[1:] == [3, 224, 224]
+    assert out_shape == [in_shape[0], 32 if tiny else 384]
+    info = json.loads(run_cli("model", "info", "--model", str(out)).stdout)
+    assert info["batch"] == "dynamic" and info["standin"] is True
+
+
+def test_tiny_standin_is_a_few_kilobytes_with_the_same_contract(tmp_path: Path) -> None:
     out = tmp_path / "tiny.onnx"
     assert run_cli("model", "standin", str(out), "--tiny").returncode == 0
     assert out.stat().st_size < 64_000
+    assert _contract(out) == [
+        ("input", [1, 3, 224, 224], "tensor(float)"),
+        ("output", [1, 32], "tensor(float)"),
+    ]
     info = json.loads(run_cli("model", "info", "--model", str(out)).stdout)
-    assert info["dim"] == 32
+    assert info["dim"] == 32 and info["standin"] is True
 
 
 def test_help_mentions_every_command() -> None:
@@ -159,3 +190,23 @@ def test_help_mentions_every_command() -> None:
     assert proc.returncode == 0
     for command in ("embed", "watch", "model"):
         assert command in proc.stdout
+
+
+def test_embed_names_refused_formats_in_its_error_results(
+    tmp_path: Path, photos: dict[str, Image.Image], tiny_model: Path
+) -> None:
+    from tests.test_imaging import REFUSED_FORMATS, write_refused_format
+
+    # GIVEN a good JPEG and real images in every refused format, named on the command line
+    good = tmp_path / "good.jpg"
+    good.write_bytes(encode(photos["coffee"], "JPEG"))
+    refused = [write_refused_format(tmp_path, n, photos["coffee"]) for n in sorted(REFUSED_FORMATS)]
+    # WHEN embedded
+    proc = run_cli("embed", str(good), *map(str, refused), "--model", str(tiny_model))
+    # THEN each refused image gets an error result naming its format; the good one succeeds
+    assert proc.returncode == 1, proc.stderr
+    got = results(proc.stdout)
+    assert [r.status for r in got] == ["success"] + ["error"] * len(refused)
+    assert [(Path(r.file_path).name, r.error) for r in got[1:]] == [
+        (p.name, f"unsupported format: {REFUSED_FORMATS[p.name][2]}") for p in refused
+    ]

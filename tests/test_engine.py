@@ -89,8 +89,8 @@ def test_token_output_uses_token_zero(tmp_path: Path) -> None:
 
 
 def test_real_static_batch_model_matches_dynamic(tmp_path: Path) -> None:
-    dynamic = Engine(create_session(build_tiny(tmp_path / "d.onnx")))
-    static = Engine(create_session(build_tiny(tmp_path / "s.onnx", batch=1)))
+    dynamic = Engine(create_session(build_tiny(tmp_path / "d.onnx", batch=None)))
+    static = Engine(create_session(build_tiny(tmp_path / "s.onnx")))
     assert static.spec.static_batch and not dynamic.spec.static_batch
     x = np.random.default_rng(1).standard_normal((5, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(static.embed(x), dynamic.embed(x), rtol=1e-5, atol=1e-6)
@@ -114,9 +114,11 @@ def test_normalisation_gives_unit_vectors_in_the_same_direction(tiny_model: Path
     assert np.all(np.isfinite(l2_normalize(np.zeros((1, 4), np.float32))))
 
 
-def test_small_vit_standin_has_the_dinov2_shape_contract(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [1, None])
+def test_small_vit_standin_has_the_dinov2_shape_contract(tmp_path: Path, batch: int | None) -> None:
     cfg = VitConfig(depth=2, dim=48, heads=3, mlp=96)
-    engine = Engine(create_session(build_vit(tmp_path / "vit.onnx", cfg)))
+    engine = Engine(create_session(build_vit(tmp_path / "vit.onnx", cfg, batch=batch)))
+    assert engine.spec.static_batch is (batch == 1)
     out = engine.embed(np.random.default_rng(3).standard_normal((2, 3, 224, 224), np.float32))
     assert out.shape == (2, 48) and engine.spec.dim == 48
 

@@ -16,7 +16,7 @@ from dinoembed.errors import (
     UnsupportedFormatError,
 )
 from dinoembed.imaging import DecodeLimits, decode
-from dinoembed.pipeline import Embedder, ImageItem
+from dinoembed.pipeline import ImageItem, Pipeline
 from tests.helpers import encode, png_bomb
 
 LIMITS = DecodeLimits(max_pixels=89_478_485, max_bytes=64 << 20)
@@ -59,7 +59,7 @@ def test_exif_orientation_gives_the_displayed_image(
 
 @pytest.mark.parametrize("orientation", range(2, 9))
 def test_exif_orientation_embedding_matches_transposed_jpeg(
-    photos: dict[str, Image.Image], embedder: Embedder, orientation: int
+    photos: dict[str, Image.Image], embedder: Pipeline, orientation: int
 ) -> None:
     display = photos["astronaut"].resize((320, 240))
     tagged = _with_orientation(display, orientation, "JPEG")
@@ -214,3 +214,42 @@ def test_avif_decodes_when_pillow_supports_it(photos: dict[str, Image.Image]) ->
     img = decode(encode(photos["coffee"], "AVIF", quality=90), LIMITS)
     diff = np.abs(np.asarray(img, dtype=int) - np.asarray(photos["coffee"], dtype=int)).mean()
     assert img.size == photos["coffee"].size and diff < 8
+
+
+# Real images in formats Pillow can open but dinoembed refuses:
+# file name -> (Pillow save format, image mode, the name the error must give)
+REFUSED_FORMATS: dict[str, tuple[str, str, str]] = {
+    "photo.tga": ("TGA", "RGB", "TGA"),
+    "favicon.ico": ("ICO", "RGB", "ICO"),
+    "photo.ppm": ("PPM", "RGB", "PPM"),
+    "gray.pgm": ("PPM", "L", "PGM"),
+    "mask.pbm": ("PPM", "1", "PBM"),
+    "photo.pcx": ("PCX", "RGB", "PCX"),
+    "photo.sgi": ("SGI", "RGB", "SGI"),
+    "photo.qoi": ("QOI", "RGB", "QOI"),
+    "texture.dds": ("DDS", "RGB", "DDS"),
+    "icon.icns": ("ICNS", "RGB", "ICNS"),
+    "photo.im": ("IM", "RGB", "IM"),
+    "mask.msp": ("MSP", "1", "MSP"),
+    "mask.xbm": ("XBM", "1", "XBM"),
+    "texture.blp": ("BLP", "P", "BLP"),
+}
+
+
+def write_refused_format(folder: Path, name: str, photo: Image.Image) -> Path:
+    fmt, mode, _ = REFUSED_FORMATS[name]
+    path = folder / name
+    photo.resize((64, 48)).convert(mode).save(path, fmt)
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_FORMATS))
+def test_real_image_in_a_refused_format_is_named(
+    photos: dict[str, Image.Image], tmp_path: Path, name: str
+) -> None:
+    # GIVEN a real photo saved by Pillow in a format outside the allowlist
+    path = write_refused_format(tmp_path, name, photos["coffee"])
+    # WHEN decoded  THEN the error names the format in one line
+    with pytest.raises(UnsupportedFormatError) as info:
+        decode(path, LIMITS)
+    assert str(info.value) == f"unsupported format: {REFUSED_FORMATS[name][2]}"

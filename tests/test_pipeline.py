@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoembed.errors import SourceGoneError, TransientError
-from dinoembed.pipeline import Embedder, ImageItem
+from dinoembed.errors import PermanentError, SourceGoneError, TransientError
+from dinoembed.pipeline import Disposition, ImageItem, Pipeline, build_pipeline
+from dinoembed.settings import Settings
 from dinoembed.transforms import preprocess
 from tests.helpers import encode
 from tests.test_imaging import BAD_INPUTS, bad_input_bytes
@@ -20,7 +21,7 @@ def _item(name: str, data: bytes) -> ImageItem:
 
 
 def test_bad_inputs_get_error_results_and_good_ones_still_succeed(
-    photos: dict[str, Image.Image], embedder: Embedder, tmp_path: Path
+    photos: dict[str, Image.Image], embedder: Pipeline, tmp_path: Path
 ) -> None:
     # GIVEN good photos interleaved with every kind of bad input, in one call
     good = {f"{n}.jpg": encode(img, "JPEG") for n, img in photos.items()}
@@ -34,18 +35,19 @@ def test_bad_inputs_get_error_results_and_good_ones_still_succeed(
     assert [o.item.file_path for o in outcomes] == names
     for outcome in outcomes:
         result = outcome.result
-        assert result is not None and outcome.failure is None
         if outcome.item.file_path in good:
+            assert outcome.disposition is Disposition.EMBEDDED
             assert result.status == "success" and result.embedding is not None
             assert result.embedding.embedding_dim == 32
         else:
+            assert outcome.disposition is Disposition.ERROR and outcome.disposition.writes
             assert result.status == "error" and result.embedding is None
             assert result.error is not None
             assert result.error.startswith(BAD_INPUTS[outcome.item.file_path][0])
             assert "\n" not in result.error and str(tmp_path) not in result.error
 
 
-def test_odd_but_valid_images_succeed(photos: dict[str, Image.Image], embedder: Embedder) -> None:
+def test_odd_but_valid_images_succeed(photos: dict[str, Image.Image], embedder: Pipeline) -> None:
     photo = photos["coffee"]
     ramp = np.linspace(0, 65535, 300 * 200).reshape(200, 300).astype(np.uint16)
     frames = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
@@ -64,7 +66,14 @@ def test_odd_but_valid_images_succeed(photos: dict[str, Image.Image], embedder: 
     ]
 
 
-def test_batches_agree_with_one_by_one(photos: dict[str, Image.Image], embedder: Embedder) -> None:
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_dynamic_model"])
+def test_batches_agree_with_one_by_one(
+    photos: dict[str, Image.Image], model: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # GIVEN the production (static batch 1) shape, or the dynamic-batch variant
+    path: Path = request.getfixturevalue(model)
+    embedder = build_pipeline(Settings(model_path=path, cache_dir=tmp_path, batch_size=4))
+    assert embedder.engine.spec.static_batch is (model == "tiny_model")
     items = [_item(n, encode(p, "PNG")) for n, p in photos.items()]
     together = [o.result for o in embedder.embed(items)]
     alone = [embedder.embed_one(item).result for item in items]
@@ -74,7 +83,7 @@ def test_batches_agree_with_one_by_one(photos: dict[str, Image.Image], embedder:
 
 
 def test_embedding_is_the_engine_output_of_the_reference_tensor(
-    photos: dict[str, Image.Image], embedder: Embedder
+    photos: dict[str, Image.Image], embedder: Pipeline
 ) -> None:
     # The JSON round trip keeps float32 precision and the vector is L2-normalised.
     img = photos["rocket"]
@@ -90,20 +99,30 @@ def test_embedding_is_the_engine_output_of_the_reference_tensor(
     assert abs(np.linalg.norm(got) - 1.0) < 1e-5
 
 
-@pytest.mark.parametrize("error", [SourceGoneError("gone"), TransientError("throttled")])
+@pytest.mark.parametrize(
+    ("error", "disposition"),
+    [
+        (SourceGoneError("gone"), Disposition.GONE),
+        (TransientError("throttled"), Disposition.RETRY),
+        (PermanentError("AccessDenied"), Disposition.ERROR),
+    ],
+)
 def test_non_image_failures_are_handed_back_to_the_adapter(
-    photos: dict[str, Image.Image], embedder: Embedder, error: Exception
+    photos: dict[str, Image.Image], embedder: Pipeline, error: Exception, disposition: Disposition
 ) -> None:
     def load() -> bytes:
         raise error
 
     good = encode(photos["coffee"], "PNG")
     outcomes = list(embedder.embed([ImageItem("x", load), _item("ok.png", good)]))
-    assert outcomes[0].result is None and outcomes[0].failure is error
-    assert outcomes[1].result is not None and outcomes[1].result.ok
+    # THEN the adapter is told what to do, with a one-line reason in an error result
+    assert outcomes[0].disposition is disposition
+    assert outcomes[0].result.status == "error" and str(error) in outcomes[0].reason
+    assert outcomes[0].disposition.writes is (disposition is Disposition.ERROR)
+    assert outcomes[1].disposition is Disposition.EMBEDDED and outcomes[1].result.ok
 
 
-def test_more_items_than_the_window_keep_order(embedder: Embedder) -> None:
+def test_more_items_than_the_window_keep_order(embedder: Pipeline) -> None:
     colors = [(i * 7 % 256, i * 13 % 256, i * 29 % 256) for i in range(70)]
     items = [
         _item(str(i), encode(Image.new("RGB", (40, 40), c), "PNG")) for i, c in enumerate(colors)

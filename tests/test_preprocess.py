@@ -46,14 +46,33 @@ def test_center_crop_rounding_matches_reference_on_odd_sizes(size: tuple[int, in
     )
 
 
-def test_squash_resizes_whole_image_and_differs_from_center_crop(
-    photos: dict[str, Image.Image],
+def seed_plugin_preprocess(path: Path) -> np.ndarray:
+    """The seed plugin's (cl_ml_tools ``dino_embedding``) preprocessing, written out
+    independently of dinoembed: open, RGB, bilinear squash to 224, /255, ImageNet, CHW."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+    x = np.asarray(rgb, dtype=np.float64) / 255.0
+    x = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    return x.transpose(2, 0, 1)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "rocket"])
+def test_squash_reproduces_the_seed_plugin_tensor(
+    photos: dict[str, Image.Image], tmp_path: Path, name: str
 ) -> None:
+    # GIVEN a real photo saved as a PNG (no EXIF rotation)
+    path = tmp_path / f"{name}.png"
+    photos[name].save(path)
+    # WHEN dinoembed decodes and preprocesses it in squash mode
+    tensor = preprocess(decode(path, LIMITS, DecodeTarget("squash", 224)), "squash", 224)
+    # THEN the tensor is the seed plugin's
+    assert tensor.shape == (3, 224, 224) and tensor.dtype == np.float32
+    np.testing.assert_allclose(tensor, seed_plugin_preprocess(path), rtol=0, atol=1e-6)
+
+
+def test_squash_keeps_the_whole_image_unlike_center_crop(photos: dict[str, Image.Image]) -> None:
     img = photos["astronaut"].resize((640, 360))  # wide: cropping drops the sides
     squashed = preprocess(img, "squash", 224)
-    expected = np.asarray(img.resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float64)
-    expected = ((expected / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
-    np.testing.assert_allclose(squashed, expected, atol=2e-6)
     cropped = preprocess(img, "center-crop", 224)
     assert np.abs(squashed - cropped).mean() > 0.1
 
@@ -88,15 +107,21 @@ def test_reduced_scale_jpeg_decode_stays_faithful(
     assert cosine(emb[0], emb[1]) >= 0.97
 
 
+@pytest.mark.parametrize("mode", ["center-crop", "squash"])
 def test_small_jpeg_is_decoded_identically_with_and_without_reduction(
-    photos: dict[str, Image.Image], tmp_path: Path
+    photos: dict[str, Image.Image], tmp_path: Path, mode: str
 ) -> None:
-    # GIVEN a JPEG whose short side is already near 256: no reduction is possible
+    # GIVEN a JPEG so small that halving it would undershoot what the resize needs
     path = tmp_path / "small.jpg"
     path.write_bytes(encode(photos["astronaut"].resize((400, 400)), "JPEG", quality=90))
-    reduced = decode(path, LIMITS, DecodeTarget("center-crop", 224, reduce=True))
-    full = decode(path, LIMITS, DecodeTarget("center-crop", 224, reduce=False))
+    reduced = decode(path, LIMITS, DecodeTarget(mode, 224, reduce=True))
+    full = decode(path, LIMITS, DecodeTarget(mode, 224, reduce=False))
+    assert full.size == (400, 400)
     assert np.array_equal(np.asarray(reduced), np.asarray(full))
+    if mode == "squash":  # AND squash still gives exactly the seed plugin's tensor
+        np.testing.assert_allclose(
+            preprocess(reduced, mode, 224), seed_plugin_preprocess(path), rtol=0, atol=1e-6
+        )
 
 
 def test_probe_is_position_sensitive(photos: dict[str, Image.Image], probe: Engine) -> None:

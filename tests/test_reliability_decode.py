@@ -30,7 +30,7 @@ from dinoembed.errors import (
 )
 from dinoembed.imaging import DecodeLimits, DecodeTarget, decode
 from dinoembed.local import local_item
-from dinoembed.pipeline import Embedder
+from dinoembed.pipeline import Pipeline
 from dinoembed.transforms import preprocess
 from tests.helpers import encode, png_bomb
 from tests.reliability_plugin import fuzz_examples, tried
@@ -248,7 +248,7 @@ def test_zero_sized_images_are_refused(size: tuple[int, int]) -> None:
 
 @hostile
 def test_error_results_carry_no_trace_and_no_host_path(
-    embedder: Embedder, tmp_path: Path, photos: dict[str, Image.Image]
+    embedder: Pipeline, tmp_path: Path, photos: dict[str, Image.Image]
 ) -> None:
     files = {
         "bomb.png": BOMBS["png 10000x10000"],
@@ -267,6 +267,6 @@ def test_error_results_carry_no_trace_and_no_host_path(
         "good.png": "success",
     }
     for outcome in outcomes:
-        error = outcome.result.error if outcome.result else None
+        error = outcome.result.error
         if error:
             assert str(tmp_path) not in error and "Traceback" not in error and "\n" not in error

@@ -196,7 +196,7 @@ def test_big_batches_cost_one_engine_run_per_batch_and_three_requests_per_image(
     monkeypatch: pytest.MonkeyPatch,
     s3: S3Client,
     photos: dict[str, Image.Image],
-    tiny_model: Path,
+    tiny_dynamic_model: Path,  # batching applies to the dynamic-batch variant only
     tmp_path: Path,
     shape: str,
     n: int,
@@ -204,7 +204,7 @@ def test_big_batches_cost_one_engine_run_per_batch_and_three_requests_per_image(
     # GIVEN n images announced in one invocation (an SQS batch, or one S3 event)
     keys = upload_photos(s3, photos, n)
     event = sqs_event(s3, keys) if shape == "sqs" else direct_event(s3, keys)
-    with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_model)):
+    with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_dynamic_model)):
         rt = app.runtime()
         session = CountingSession(rt.embedder().engine.session)
         rt.embedder().engine.session = session

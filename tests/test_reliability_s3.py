@@ -412,7 +412,7 @@ def test_access_denied_on_the_image_writes_an_error_sidecar(
     result = sidecars(s3)[victim]
     assert result.status == "error" and result.embedding is None
     assert result.error is not None and "AccessDenied" in result.error
-    assert result.error.startswith("cannot read object: GetObject") and "\n" not in result.error
+    assert result.error.startswith("cannot read: GetObject") and "\n" not in result.error
     assert embedded(s3) == set(images) - {victim}
 
 

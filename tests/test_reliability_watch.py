@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from PIL import Image
 
 from dinoembed.atomic import is_temp_file
 from dinoembed.local import local_item
-from dinoembed.pipeline import Embedder, ImageItem, Outcome
+from dinoembed.pipeline import ImageItem, Outcome, Pipeline
 from dinoembed.sidecars import read_sidecar
 from tests.reliability_plugin import tried
 from tests.test_watch_support import (
@@ -106,7 +105,7 @@ def temp_files(folder: Path) -> list[Path]:
     return [Path(e.path) for e in os.scandir(folder) if is_temp_file(e.name)]
 
 
-def assert_complete(images: list[Path], reference: Embedder | None = None) -> None:
+def assert_complete(images: list[Path], reference: Pipeline | None = None) -> None:
     """Exactly one valid sidecar per image (success, naming the image), nothing else."""
     folder = images[0].parent
     assert sidecars_in(folder) == sorted(sidecar_of(p) for p in images)
@@ -162,7 +161,7 @@ def kill_9(
 
 
 def test_kill_9_mid_batch_and_mid_write_then_restart_completes_every_sidecar(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder, spawn: list[subprocess.Popen[bytes]]
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline, spawn: list[subprocess.Popen[bytes]]
 ) -> None:
     # GIVEN a backlog of 120 images and a daemon on a slow disk
     folder = tmp_path / "in"
@@ -221,7 +220,7 @@ def test_sigkill_while_new_files_arrive_loses_none_after_restart(
 
 
 def test_file_deleted_between_event_and_read_is_skipped_and_the_daemon_lives(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, embedder: Embedder
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_model: Path, embedder: Pipeline
 ) -> None:
     # GIVEN a daemon whose worker is about to read a file when it is deleted
     folder = tmp_path / "in"
@@ -253,7 +252,7 @@ def test_file_deleted_between_event_and_read_is_skipped_and_the_daemon_lives(
 
 
 def test_files_deleted_right_after_they_appear_leave_nothing(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline
 ) -> None:
     # GIVEN a watching daemon; WHEN 40 files are created and deleted at once, 10 kept
     folder = tmp_path / "in"
@@ -275,55 +274,58 @@ def test_files_deleted_right_after_they_appear_leave_nothing(
     tried(50)
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A folder an unprivileged user can reach (pytest's tmp dirs are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="dinoembed-perm-"))
-    path.chmod(0o777)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+# Root reads any file whatever its mode (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH). Rather than
+# switching to another user, who may not be able to reach the checkout, its venv or the
+# test's private tmp folder, stay uid 0 but drop those two capabilities for the daemon.
+DROP_DAC = [
+    "setpriv",
+    "--inh-caps=-all",
+    "--ambient-caps=-all",
+    "--bounding-set=-dac_override,-dac_read_search",
+]
 
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-def can_run_unprivileged() -> bool:
+@pytest.fixture(scope="module")
+def permissions_apply(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The command prefix under which a mode-000 file is really unreadable, or a skip."""
     if os.geteuid() != 0:
-        return True  # already unprivileged: permissions apply as they are
+        return []  # already unprivileged: permissions apply as they are
     if shutil.which("setpriv") is None:
-        return False
-    probe = subprocess.run([*NOBODY, "true"], capture_output=True, check=False)
-    return probe.returncode == 0
+        pytest.skip("running as root without setpriv (util-linux): cannot drop CAP_DAC_*")
+    locked = tmp_path_factory.mktemp("perm") / "locked"
+    locked.write_bytes(b"secret")
+    locked.chmod(0o000)
+    read = f"open({str(locked)!r}, 'rb').read()"
+    probe = subprocess.run(
+        [*DROP_DAC, sys.executable, "-c", read], capture_output=True, text=True, check=False
+    )
+    if "PermissionError" not in probe.stderr:
+        pytest.skip(f"cannot drop CAP_DAC_OVERRIDE here: {probe.stderr.strip()[-200:]}")
+    return DROP_DAC
 
 
-@pytest.mark.skipif(not can_run_unprivileged(), reason="needs setpriv to drop root")
 def test_unreadable_file_gets_an_error_sidecar_and_the_daemon_lives(
-    shared_dir: Path,
+    tmp_path: Path,
+    permissions_apply: list[str],
     tiny_model: Path,
     photos: dict[str, Image.Image],
     spawn: list[subprocess.Popen[bytes]],
 ) -> None:
-    # GIVEN a daemon running as an unprivileged user (root ignores file permissions)
-    folder = shared_dir / "in"
+    # GIVEN a daemon for which file permissions apply (root ignores them unless it drops
+    # its DAC capabilities)
+    folder = tmp_path / "in"
     folder.mkdir()
-    folder.chmod(0o777)
-    model = shared_dir / "tiny.onnx"
-    shutil.copy(tiny_model, model)
-    model.chmod(0o644)
     existing = folder / "locked-before.jpg"
     save_photo(photos["coffee"], existing).chmod(0o000)
-    env = {**os.environ, "HOME": str(shared_dir), "XDG_CACHE_HOME": str(shared_dir / "cache")}
-    prefix = NOBODY if os.geteuid() == 0 else []
-    log = shared_dir / "stderr.txt"
-    proc = start(spawn, [*prefix, *watch_command(folder, model)], log, env=env)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    log = tmp_path / "stderr.txt"
+    proc = start(spawn, [*permissions_apply, *watch_command(folder, tiny_model)], log, env=env)
     # WHEN it finds one unreadable file at start and another arrives while it watches
     assert wait_for(lambda: sidecar_of(existing).exists() or proc.poll() is not None)
-    arriving = save_photo(photos["rocket"], shared_dir / "staging.jpg")
+    arriving = save_photo(photos["rocket"], tmp_path / "staging.jpg")
     arriving.chmod(0o000)
     arriving.rename(folder / "locked-later.jpg")
-    readable = save_photo(photos["chelsea"], shared_dir / "ok.jpg")
+    readable = save_photo(photos["chelsea"], tmp_path / "ok.jpg")
     readable.chmod(0o644)
     readable = readable.rename(folder / "readable.jpg")
     # THEN each unreadable file gets an error sidecar saying so; the readable one succeeds
@@ -386,7 +388,7 @@ def test_symlink_loops_and_escapes_at_start_are_skipped(
 
 
 def test_symlink_loops_and_escapes_arriving_while_watching_are_skipped(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN a watching daemon over an empty folder
     root, outside = tmp_path / "root", tmp_path / "outside"

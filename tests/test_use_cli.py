@@ -122,9 +122,11 @@ def test_dupes_table_output(
     code, out, _ = cli(capsys, "dupes", str(root), "--threshold", "0.9")
     assert code == 0
     headers = [line for line in out.splitlines() if line.startswith("group ")]
-    members = [line.strip() for line in out.splitlines() if line.startswith("  ")]
-    assert len(headers) == len(groups)
-    assert all(": 4 images, cosine 0.9" in h for h in headers)
+    members = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    keeps = [line for line in out.splitlines() if line.startswith("  ") and "  keep  (" in line]
+    assert out.splitlines()[0].startswith(f"24 images: 0 groups of identical files, {len(groups)}")
+    assert len(headers) == len(groups) == len(keeps)
+    assert all(": 4 images, similar, cosine 0.9" in h for h in headers)
     assert set(members) == set().union(*groups.values())
 
 

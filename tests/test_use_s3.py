@@ -19,7 +19,7 @@ from dinoembed.handler.events import ObjectRef, normalise
 from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects
 from dinoembed.model_store import sha256_file
-from dinoembed.pipeline import Embedder
+from dinoembed.pipeline import Pipeline
 from dinoembed.results import EmbeddingResult, ModelInfo
 from tests.helpers import encode
 from tests.test_lambda_support import BUCKET, REGION, mocked_s3
@@ -149,7 +149,7 @@ class Bucket:
 
 
 def test_backfill_embeds_only_images_without_a_current_sidecar(
-    s3: S3Client, embedder: Embedder, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+    s3: S3Client, embedder: Pipeline, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # GIVEN 515 images, 10 of them without an up-to-date sidecar: with their sidecars and
     # a text file, 1,021 objects (two listing pages)
@@ -197,7 +197,7 @@ def drain(queue_url: str) -> list[Any]:
 def test_backfill_to_a_queue_sends_notifications_the_function_understands(
     s3: S3Client,
     queue: str,
-    embedder: Embedder,
+    embedder: Pipeline,
     tiny_model: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -306,3 +306,30 @@ def test_entries_refused_twice_are_reported_after_the_rest_is_sent() -> None:
     with pytest.raises(QueueError, match=r"refused 1 message.*p/12\.jpg"):
         send_to_queue(queue, "url", refs(15), REGION)
     assert len(queue.delivered) == 14
+
+
+def test_dupes_on_s3_measures_the_images_through_the_source(
+    s3: S3Client, photos: dict[str, Image.Image], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN on S3: a photo, a byte-identical copy and a half-size copy, whose sidecars
+    # (as older ones) record neither sha256 nor pixel sizes
+    chelsea = photos["chelsea"]
+    full, half = encode(chelsea, "PNG"), encode(chelsea.resize((225, 150)), "PNG")
+    base = np.random.default_rng(5).standard_normal(16)
+    images = {"a.png": (full, base), "b.png": (full, base), "c.png": (half, base + 0.01)}
+    for name, (data, vector) in images.items():
+        key = f"{PREFIX}{name}"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+        put_sidecar(s3, key, result(f"s3://{BUCKET}/{key}", vector.tolist()))
+    # WHEN looking for duplicates
+    assert main(["dupes", f"s3://{BUCKET}/{PREFIX}", "--threshold", "0.9", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # THEN the copy is exact (hashed from the objects) and the keep has the most pixels
+    uri = f"s3://{BUCKET}/{PREFIX}"
+    assert [(g["kind"], g["paths"], g["keep"]) for g in doc["groups"]] == [
+        ("exact", [f"{uri}a.png", f"{uri}b.png"], f"{uri}a.png"),
+        ("similar", [f"{uri}a.png", f"{uri}c.png"], f"{uri}a.png"),
+    ]
+    assert doc["groups"][1]["keep_reason"] == "most pixels (451x300)"
+    digest = __import__("hashlib").sha256(full).hexdigest()
+    assert {i["sha256"] for i in doc["groups"][0]["images"]} == {digest}

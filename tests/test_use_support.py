@@ -26,7 +26,8 @@ def result(
             file_path=path, status="error", error="not an image", model=model, source=source
         )
     values = [float(v) for v in vector]
-    embedding = Embedding(embedding=values, embedding_dim=len(values), normalized=False)
+    # normalized=True, as the pipeline's default writes it (the currency rule compares it)
+    embedding = Embedding(embedding=values, embedding_dim=len(values), normalized=True)
     return EmbeddingResult(
         file_path=path, status="success", embedding=embedding, model=model, source=source
     )

@@ -18,7 +18,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from dinoembed.cli import main as cli_main
-from dinoembed.pipeline import Embedder
+from dinoembed.pipeline import Pipeline
 from dinoembed.watcher.queue import DEFAULT_CAPACITY
 from tests.test_watch_support import (
     has_sidecar,
@@ -52,7 +52,7 @@ def cli_embedding(image: Path, model: Path, capsys: pytest.CaptureFixture[str]) 
 
 @pytest.mark.parametrize("polling", OBSERVERS)
 def test_preexisting_images_get_sidecars(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image], polling: bool
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image], polling: bool
 ) -> None:
     # GIVEN images already in the folder, one in a sub-folder
     a = save_photo(photos["astronaut"], root / "a.jpg")
@@ -70,7 +70,7 @@ def test_preexisting_images_get_sidecars(
 
 @pytest.mark.parametrize("polling", OBSERVERS)
 def test_new_image_gets_sidecar_within_seconds(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image], polling: bool
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image], polling: bool
 ) -> None:
     # GIVEN a running daemon on an empty folder
     with running(watch_settings(tiny_model, polling=polling), root, embedder):
@@ -85,7 +85,7 @@ def test_new_image_gets_sidecar_within_seconds(
 
 @pytest.mark.parametrize("polling", OBSERVERS)
 def test_subfolders_created_later_are_watched(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image], polling: bool
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image], polling: bool
 ) -> None:
     with running(watch_settings(tiny_model, polling=polling), root, embedder):
         # WHEN nested folders are created and images land in them, at once and a bit later
@@ -107,7 +107,7 @@ def test_file_written_in_chunks_is_embedded_once_from_final_content(
     root: Path,
     tmp_path: Path,
     tiny_model: Path,
-    embedder: Embedder,
+    embedder: Pipeline,
     photos: dict[str, Image.Image],
     capsys: pytest.CaptureFixture[str],
     polling: bool,
@@ -149,7 +149,7 @@ def test_file_moved_in_from_another_folder_is_embedded(
     root: Path,
     tmp_path: Path,
     tiny_model: Path,
-    embedder: Embedder,
+    embedder: Pipeline,
     photos: dict[str, Image.Image],
     polling: bool,
 ) -> None:
@@ -166,7 +166,7 @@ def test_file_moved_in_from_another_folder_is_embedded(
 
 @pytest.mark.parametrize("polling", OBSERVERS)
 def test_corrupt_file_gets_error_sidecar_and_later_files_are_processed(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image], polling: bool
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image], polling: bool
 ) -> None:
     with running(watch_settings(tiny_model, polling=polling), root, embedder):
         # WHEN a truncated JPEG and a text file named .png land, then a good image
@@ -190,7 +190,7 @@ def test_corrupt_file_gets_error_sidecar_and_later_files_are_processed(
 
 @pytest.mark.parametrize("polling", OBSERVERS)
 def test_no_sidecar_of_sidecar_and_no_temp_files(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image], polling: bool
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image], polling: bool
 ) -> None:
     # GIVEN a daemon that writes sidecars into the folder it watches
     images = [save_photo(photos[n], root / f"{n}.jpg") for n in ("chelsea", "coffee")]
@@ -210,7 +210,7 @@ def test_no_sidecar_of_sidecar_and_no_temp_files(
 
 @pytest.mark.parametrize("polling", OBSERVERS)
 def test_deleting_an_image_removes_its_sidecar(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image], polling: bool
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image], polling: bool
 ) -> None:
     image = save_photo(photos["rocket"], root / "rocket.jpg")
     keep = save_photo(photos["coffee"], root / "coffee.jpg")
@@ -225,7 +225,7 @@ def test_deleting_an_image_removes_its_sidecar(
 
 @pytest.mark.parametrize("polling", OBSERVERS)
 def test_renaming_an_image_moves_its_sidecar(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image], polling: bool
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image], polling: bool
 ) -> None:
     old = save_photo(photos["chelsea"], root / "IMG_0001.jpg")
     with running(watch_settings(tiny_model, polling=polling), root, embedder) as daemon:
@@ -247,7 +247,7 @@ def test_renaming_an_image_moves_its_sidecar(
 
 
 def test_sidecar_deleted_by_hand_is_written_again(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     image = save_photo(photos["astronaut"], root / "a.jpg")
     with running(watch_settings(tiny_model), root, embedder):
@@ -260,7 +260,7 @@ def test_sidecar_deleted_by_hand_is_written_again(
 
 @pytest.mark.parametrize("polling", OBSERVERS)
 def test_changed_image_is_embedded_again(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image], polling: bool
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image], polling: bool
 ) -> None:
     image = save_photo(photos["astronaut"], root / "a.png")
     with running(watch_settings(tiny_model, polling=polling), root, embedder):
@@ -277,7 +277,7 @@ def test_changed_image_is_embedded_again(
 
 
 def test_vanishing_file_is_skipped_quietly(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     with running(watch_settings(tiny_model), root, embedder) as daemon:
         # WHEN images appear and vanish again before they settle
@@ -294,7 +294,7 @@ def test_vanishing_file_is_skipped_quietly(
 
 
 def test_symlinks_out_of_the_root_are_not_followed(
-    root: Path, tmp_path: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    root: Path, tmp_path: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN a symlinked file and a symlinked folder pointing outside the watched root
     outside = tmp_path / "outside"
@@ -313,7 +313,7 @@ def test_symlinks_out_of_the_root_are_not_followed(
 
 
 def test_no_recursive_ignores_subfolders(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     top = save_photo(photos["rocket"], root / "top.jpg")
     nested = save_photo(photos["coffee"], root / "sub" / "nested.jpg")
@@ -334,7 +334,7 @@ def test_no_recursive_ignores_subfolders(
 def test_burst_of_1000_images_is_fully_processed(
     root: Path,
     tiny_model: Path,
-    embedder: Embedder,
+    embedder: Pipeline,
     capacity: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -364,7 +364,7 @@ def test_burst_of_1000_images_is_fully_processed(
 def test_up_to_date_tree_is_left_alone_on_restart(
     root: Path,
     tiny_model: Path,
-    embedder: Embedder,
+    embedder: Pipeline,
     photos: dict[str, Image.Image],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -389,7 +389,7 @@ def test_up_to_date_tree_is_left_alone_on_restart(
 
 
 def test_copy_of_tree_elsewhere_has_sidecars_repointed(
-    root: Path, tmp_path: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    root: Path, tmp_path: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN a folder of images with sidecars, copied (with mtimes) to a new place
     image = save_photo(photos["rocket"], root / "r.jpg")
@@ -408,7 +408,7 @@ def test_copy_of_tree_elsewhere_has_sidecars_repointed(
 
 
 def test_daemon_stops_with_status_1_when_the_folder_is_removed(
-    root: Path, tiny_model: Path, embedder: Embedder
+    root: Path, tiny_model: Path, embedder: Pipeline
 ) -> None:
     from dinoembed.watcher.daemon import WatchDaemon
 
@@ -429,7 +429,7 @@ def test_daemon_stops_with_status_1_when_the_folder_is_removed(
 
 
 def test_watched_folder_may_itself_be_a_symlink(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN a symlink to the real folder, as with ~/Pictures -> /data/pictures
     real = tmp_path / "real"
@@ -446,7 +446,7 @@ def test_watched_folder_may_itself_be_a_symlink(
 def test_periodic_summary_line(
     root: Path,
     tiny_model: Path,
-    embedder: Embedder,
+    embedder: Pipeline,
     photos: dict[str, Image.Image],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -465,7 +465,7 @@ def test_periodic_summary_line(
 
 
 def test_a_sidecar_that_cannot_be_written_does_not_stop_the_daemon(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN an image whose sidecar name is taken by a folder
     blocked = save_photo(photos["rocket"], root / "blocked.jpg")
@@ -481,7 +481,7 @@ def test_a_sidecar_that_cannot_be_written_does_not_stop_the_daemon(
 
 
 def test_kernel_event_queue_overflow_triggers_a_rescan(
-    root: Path, tiny_model: Path, embedder: Embedder, caplog: pytest.LogCaptureFixture
+    root: Path, tiny_model: Path, embedder: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="dinoembed.watcher")
     with running(watch_settings(tiny_model, rescan_seconds=0), root, embedder):
@@ -500,7 +500,7 @@ def test_kernel_event_queue_overflow_triggers_a_rescan(
 
 
 def test_periodic_rescan_finds_files_no_event_announced(
-    root: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    root: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN an observer that reports nothing in time (a poller with an hourly interval)
     # and a rescan every half second

@@ -12,8 +12,8 @@ from PIL import Image
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from dinoembed.errors import ConfigError, SourceGoneError
-from dinoembed.pipeline import Embedder
+from dinoembed.errors import ConfigError
+from dinoembed.pipeline import Disposition, Pipeline
 from dinoembed.settings import Settings
 from dinoembed.sidecars import write_sidecar
 from dinoembed.watcher.daemon import WatchDaemon
@@ -171,15 +171,16 @@ def test_vanished_file_is_ready_for_cleanup(tmp_path: Path) -> None:
     assert SettlePolicy().check(Pending(tmp_path / "gone.jpg"), 0.0) is Verdict.READY
 
 
-def test_vanished_file_raises_source_gone_when_loaded(tmp_path: Path, embedder: Embedder) -> None:
+def test_vanished_file_raises_source_gone_when_loaded(tmp_path: Path, embedder: Pipeline) -> None:
     # GIVEN an item for a file that is deleted before the pipeline reads it
     path = tmp_path / "a.jpg"
     path.write_bytes(b"soon gone")
     item = watched_item(path)
     path.unlink()
-    # WHEN it is embedded THEN the outcome is a SourceGoneError, not an error result
+    # WHEN it is embedded THEN the outcome says it is gone: nothing to write
     outcome = embedder.embed_one(item)
-    assert outcome.result is None and isinstance(outcome.failure, SourceGoneError)
+    assert outcome.disposition is Disposition.GONE and not outcome.disposition.writes
+    assert "vanished" in outcome.reason
 
 
 # --- observer ----------------------------------------------------------------
@@ -234,7 +235,7 @@ def test_watch_is_recursive_unless_told_otherwise(monkeypatch: pytest.MonkeyPatc
     assert Settings().recursive_for("watch") is False
 
 
-def _no_model() -> Embedder:
+def _no_model() -> Pipeline:
     raise AssertionError("the model must not be loaded")
 
 
@@ -244,7 +245,7 @@ def test_watching_a_missing_folder_is_a_config_error(tmp_path: Path, tiny_model:
 
 
 def test_once_embeds_the_backlog_and_removes_orphaned_sidecars(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     # GIVEN images, a sidecar whose image was deleted while no daemon ran,
     # and a file that merely looks like a sidecar
@@ -264,7 +265,7 @@ def test_once_embeds_the_backlog_and_removes_orphaned_sidecars(
 
 
 def test_sidecar_from_another_model_is_redone(
-    tmp_path: Path, tiny_model: Path, embedder: Embedder, photos: dict[str, Image.Image]
+    tmp_path: Path, tiny_model: Path, embedder: Pipeline, photos: dict[str, Image.Image]
 ) -> None:
     image = save_photo(photos["coffee"], tmp_path / "a.jpg")
     run_once(watch_settings(tiny_model), tmp_path, embedder)
@@ -282,7 +283,7 @@ def test_sidecar_from_another_model_is_redone(
 def test_per_image_log_lines(
     tmp_path: Path,
     tiny_model: Path,
-    embedder: Embedder,
+    embedder: Pipeline,
     photos: dict[str, Image.Image],
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from dinoembed.atomic import is_temp_file
-from dinoembed.pipeline import Embedder
+from dinoembed.pipeline import Pipeline
 from dinoembed.results import EmbeddingResult
 from dinoembed.settings import Settings
 from dinoembed.sidecars import read_sidecar
@@ -78,7 +78,7 @@ def watch_settings(tiny_model: Path, *, polling: bool = False, **extra: object) 
 
 @contextlib.contextmanager
 def running(
-    settings: Settings, root: Path, embedder: Embedder, **kwargs: object
+    settings: Settings, root: Path, embedder: Pipeline, **kwargs: object
 ) -> Iterator[WatchDaemon]:
     """A daemon watching ``root`` on a thread; stopped (and checked for exit 0) afterwards."""
     daemon = WatchDaemon(settings, root, embedder=embedder, **kwargs)  # type: ignore[arg-type]
@@ -103,7 +103,7 @@ def running(
     assert outcome.get("rc") == 0, outcome
 
 
-def run_once(settings: Settings, root: Path, embedder: Embedder) -> WatchDaemon:
+def run_once(settings: Settings, root: Path, embedder: Pipeline) -> WatchDaemon:
     daemon = WatchDaemon(settings, root, embedder=embedder)
     assert daemon.run(once=True) == 0
     return daemon

@@ -31,7 +31,7 @@ from types import FrameType
 from watchdog.observers.api import BaseObserver
 
 from dinoembed.errors import ConfigError
-from dinoembed.pipeline import Embedder
+from dinoembed.pipeline import Pipeline
 from dinoembed.progress import Progress
 from dinoembed.settings import Settings
 from dinoembed.watcher.events import EnqueueHandler
@@ -78,7 +78,7 @@ class WatchDaemon:
         settings: Settings,
         directory: Path,
         *,
-        embedder: Embedder | Callable[[], Embedder],
+        embedder: Pipeline | Callable[[], Pipeline],
         capacity: int = DEFAULT_CAPACITY,
         summary_seconds: float = SUMMARY_SECONDS,
         native_observer: ObserverFactory | None = None,
@@ -122,7 +122,7 @@ class WatchDaemon:
 
     def run(self, *, once: bool = False) -> int:
         """Watch until :meth:`stop` (or, with ``once``, until the backlog is done)."""
-        embedder = self._embedder if isinstance(self._embedder, Embedder) else self._embedder()
+        embedder = self._embedder if isinstance(self._embedder, Pipeline) else self._embedder()
         parts = self._assemble(embedder)
         overflow = _OverflowSignal(self._events_lost)
         logging.getLogger(INOTIFY_LOGGER).addHandler(overflow)
@@ -142,7 +142,7 @@ class WatchDaemon:
             self._summary(parts.worker, parts.queue, final=True)
         return self.exit_code
 
-    def _assemble(self, embedder: Embedder) -> _Parts:
+    def _assemble(self, embedder: Pipeline) -> _Parts:
         sidecars = Sidecars(
             self.root,
             self.settings.output_suffix,
@@ -329,7 +329,7 @@ def _log_per_image() -> None:
 
 
 def run_watch(
-    settings: Settings, directory: Path, *, once: bool, embedder: Callable[[], Embedder]
+    settings: Settings, directory: Path, *, once: bool, embedder: Callable[[], Pipeline]
 ) -> int:
     """Entry point of ``dinoembed watch DIR [--once]``: 0 after a clean stop.
 

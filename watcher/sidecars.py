@@ -1,10 +1,10 @@
 """What the watcher does with sidecars: is one current, move it, remove it.
 
-A sidecar is *current* for an image when it records the same model (sha256,
-preprocess mode), the same normalisation, and the image's size and mtime as
-they are now (for sidecars that do not record an mtime: when the sidecar is
-newer than the image). A current sidecar whose ``file_path`` names another
-place (the image or its folder was renamed) is rewritten, not re-embedded.
+Whether a sidecar is *current* is the core's one rule (:func:`dinoembed.sidecars.judge`:
+the same model, preprocessing and normalisation, the image's size and mtime as they
+are now); one written by a newer dinoembed is left alone. A current sidecar whose
+``file_path`` names another place (the image or its folder was renamed) is rewritten,
+not re-embedded.
 
 Only files that parse as our result schema are ever moved or deleted, and
 sidecars are only written inside the watched root.
@@ -17,8 +17,8 @@ import logging
 import os
 from pathlib import Path
 
-from dinoembed.results import EmbeddingResult, ModelInfo
-from dinoembed.sidecars import read_sidecar, sidecar_path, write_sidecar
+from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.sidecars import Recipe, Verdict, judge, read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Sidecars:
         self.suffix = suffix
         self.model = model
         self.normalize = normalize
+        self.recipe = Recipe(model, normalize)
 
     def path_for(self, image: Path) -> Path:
         return sidecar_path(image, self.suffix)
@@ -55,27 +56,29 @@ class Sidecars:
         except OSError:
             return False
 
+    def verdict(
+        self, result: EmbeddingResult | None, image_stat: os.stat_result, sidecar: Path
+    ) -> Verdict:
+        """The core's currency rule for this sidecar and the image as it is now."""
+        try:
+            sidecar_mtime: float | None = sidecar.stat().st_mtime
+        except OSError:
+            sidecar_mtime = None
+        image = SourceInfo(size=image_stat.st_size, mtime=image_stat.st_mtime)
+        return judge(result, image, self.recipe, sidecar_mtime=sidecar_mtime)
+
     def matches(self, result: EmbeddingResult, image_stat: os.stat_result, sidecar: Path) -> bool:
         """Would embedding the image now give this result again?"""
-        if result.model.sha256 != self.model.sha256:
-            return False
-        if result.model.preprocess != self.model.preprocess:
-            return False
-        if result.embedding is not None and result.embedding.normalized != self.normalize:
-            return False
-        if result.source.size is not None and result.source.size != image_stat.st_size:
-            return False
-        if result.source.mtime is not None:
-            return result.source.mtime == image_stat.st_mtime
-        try:
-            return sidecar.stat().st_mtime >= image_stat.st_mtime
-        except OSError:
-            return False
+        return self.verdict(result, image_stat, sidecar) is Verdict.CURRENT
 
     def state(self, image: Path, image_stat: os.stat_result) -> State:
         sidecar = self.path_for(image)
         result = read_sidecar(sidecar)
-        if result is None or not self.matches(result, image_stat, sidecar):
+        verdict = self.verdict(result, image_stat, sidecar)
+        if verdict is Verdict.NEWER:
+            log.info("%s: sidecar written by a newer dinoembed; left alone", image)
+            return State.CURRENT
+        if result is None or verdict is not Verdict.CURRENT:
             return State.NEEDED
         if result.file_path != str(image.absolute()):
             return State.RENAMED

@@ -1,7 +1,7 @@
 """The worker thread: takes ready paths from the queue and streams them through
-the core's :class:`~dinoembed.pipeline.Embedder`, writing one sidecar per image.
+the core's :class:`~dinoembed.pipeline.Pipeline`, writing one sidecar per image.
 
-While paths keep becoming ready, they are fed into one ``Embedder.embed`` call,
+While paths keep becoming ready, they are fed into one ``Pipeline.embed`` call,
 so decoding overlaps inference and batches stay full; the call ends when the
 queue has nothing ready. On stop, the batch already taken is finished and its
 sidecars written; everything else stays for the next start (the scan finds it).
@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dinoembed.errors import SourceGoneError, TransientError
+from dinoembed.errors import SourceGoneError
 from dinoembed.local import local_item
-from dinoembed.pipeline import Embedder, ImageItem, Outcome
+from dinoembed.pipeline import Disposition, ImageItem, Outcome, Pipeline
 from dinoembed.results import SourceInfo
 from dinoembed.watcher.queue import Pending, Touch, WorkQueue
 from dinoembed.watcher.settle import SettlePolicy
@@ -47,7 +47,7 @@ class Worker(threading.Thread):
         self,
         queue: WorkQueue,
         policy: SettlePolicy,
-        embedder: Embedder,
+        embedder: Pipeline,
         sidecars: Sidecars,
         *,
         batch_size: int,
@@ -148,15 +148,13 @@ class Worker(threading.Thread):
 
     def _finish(self, outcome: Outcome) -> None:
         path = Path(outcome.item.file_path)
-        if isinstance(outcome.failure, SourceGoneError):
+        if outcome.disposition is Disposition.GONE:
             log.debug("%s: gone before it was read", path)
             return
-        if isinstance(outcome.failure, TransientError):
-            log.warning("%s: %s (retried at the next rescan)", path, outcome.failure)
+        if outcome.disposition is Disposition.RETRY:
+            log.warning("%s: %s (retried at the next rescan)", path, outcome.reason)
             return
         result = outcome.result
-        if result is None:
-            result = self.embedder.error_result(outcome.item, str(outcome.failure))
         if not _unchanged(path, outcome.item.source):
             # Written to while we read it: its final content comes round again.
             if path.exists():

@@ -14,7 +14,9 @@ from dinoembed.cli import wiring
 from dinoembed.errors import ConfigError
 from dinoembed.model_store import sha256_file
 from dinoembed.progress import Progress
+from dinoembed.results import ModelInfo
 from dinoembed.settings import Settings
+from dinoembed.sidecars import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ def run_backfill(settings: Settings, location: str, queue_url: str | None) -> in
         with wiring.needs_extra("backfilling a folder"):
             from dinoembed.watcher.daemon import run_watch
         return run_watch(
-            settings, Path(location), once=True, embedder=lambda: wiring.embedder(settings)
+            settings, Path(location), once=True, embedder=lambda: wiring.pipeline(settings)
         )
     return backfill_s3(settings, location, queue_url)
 
@@ -39,6 +41,16 @@ def expected_model(settings: Settings) -> tuple[str, str]:
     return settings.model_sha256, settings.preprocess
 
 
+def expected_recipe(settings: Settings) -> Recipe:
+    """What the configured model would make, for the currency rule, without loading it
+    (the rule compares the model's sha256 and preprocessing, not its name or size)."""
+    sha256, _ = expected_model(settings)
+    model = ModelInfo(
+        name=settings.model_name, sha256=sha256, preprocess=settings.preprocess, input_size=224
+    )
+    return Recipe(model, settings.normalize)
+
+
 def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int:
     """Print one JSON summary line; 1 when some images must be retried, else 0."""
     with wiring.needs_extra("s3:// locations"):
@@ -48,18 +60,14 @@ def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int
     suffix = settings.output_suffix
     summary = s3.BackfillSummary(location)
     if queue_url:
-        sha256, preprocess = expected_model(settings)
         refs, summary.images = s3.stale_images(
-            client, bucket, prefix, suffix, sha256=sha256, preprocess=preprocess
+            client, bucket, prefix, suffix, expected_recipe(settings)
         )
         region = str(client.meta.region_name)
         summary.queued = s3.send_to_queue(s3.make_sqs_client(), queue_url, refs, region)
     else:
-        embedder = wiring.embedder(settings, client)
-        model = embedder.model
-        refs, summary.images = s3.stale_images(
-            client, bucket, prefix, suffix, sha256=model.sha256, preprocess=model.preprocess
-        )
+        embedder = wiring.pipeline(settings, client)
+        refs, summary.images = s3.stale_images(client, bucket, prefix, suffix, embedder.recipe)
         with Progress(len(refs)) as progress:
             tally = s3.embed_here(client, refs, embedder, suffix, on_progress=progress.advance)
         summary.embedded, summary.errors = tally.embedded, tally.errors

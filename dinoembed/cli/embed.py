@@ -25,15 +25,13 @@ def run_embed(settings: Settings, paths: Sequence[Path]) -> int:
     if not files:
         log.warning("no images found in %s", " ".join(str(p) for p in paths))
         return 0
-    embedder = wiring.embedder(settings)
+    embedder = wiring.pipeline(settings)
     failed = 0
     out = sys.stdout
     with Progress(len(files)) as progress:
         for outcome in embedder.embed(local_item(p) for p in files):
             result = outcome.result
-            if result is None:  # a vanished file or a transient error: still one line out
-                result = embedder.error_result(outcome.item, str(outcome.failure))
-            if settings.write_sidecars:
+            if settings.write_sidecars and outcome.disposition.writes:
                 _write(result, Path(outcome.item.file_path), settings.output_suffix)
             out.write(result.to_json() + "\n")
             failed += not result.ok

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from dinoembed.cli import wiring
 from dinoembed.errors import DinoEmbedError
+from dinoembed.logs import capture_library_warnings
 from dinoembed.settings import Settings
 
 log = logging.getLogger("dinoembed")
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     standin.add_argument("out", type=Path, metavar="OUT")
     standin.add_argument("--tiny", action="store_true", help="a few-KB model for unit tests")
+    standin.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="a symbolic batch dimension (default: static [1,3,224,224] like the real model)",
+    )
     standin.add_argument("--seed", type=int, help="random seed (default 0)")
     quantize = model_sub.add_parser(
         "quantize",
@@ -136,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    capture_library_warnings()  # Pillow's warnings: INFO log lines, shown with -v
     try:
         settings = make_settings(args)
         return _dispatch(args, settings)
@@ -163,7 +170,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             settings,
             args.directory,
             once=getattr(args, "once", False),
-            embedder=lambda: wiring.embedder(settings),
+            embedder=lambda: wiring.pipeline(settings),
         )
     if args.command == "model":
         from dinoembed.cli.model import run_model

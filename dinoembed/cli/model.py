@@ -20,10 +20,11 @@ def run_model(args: argparse.Namespace, settings: Settings) -> int:
         from dinoembed.standin import VitConfig, build_tiny, build_vit
 
         seed = getattr(args, "seed", 0)
+        batch = None if getattr(args, "dynamic_batch", False) else 1
         if getattr(args, "tiny", False):
-            build_tiny(args.out, seed=seed)
+            build_tiny(args.out, seed=seed, batch=batch)
         else:
-            build_vit(args.out, VitConfig(seed=seed))
+            build_vit(args.out, VitConfig(seed=seed), batch=batch)
         print(
             json.dumps(
                 {

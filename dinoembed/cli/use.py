@@ -1,4 +1,4 @@
-"""``dinoembed similar | dupes | backfill | export``: using the embeddings of a collection.
+"""``dinoembed similar | dupes | cluster | report | backfill | export``: using a collection.
 
 A collection is a local folder (recursive unless ``--no-recursive``) or an
 ``s3://bucket/prefix``; S3 support comes from ``dinoembed.handler`` (boto3), through
@@ -12,25 +12,39 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dinoembed.cli import wiring
-from dinoembed.collection import Collection, CollectionCache, MixedModelsError, load_collection
+from dinoembed.clustering import MIN_SIZE, Clustering, density, kmeans
+from dinoembed.collection import (
+    Collection,
+    CollectionCache,
+    Entry,
+    MixedModelsError,
+    SidecarSource,
+    load_collection,
+)
+from dinoembed.dupes import Decisions, DupeGroup, candidates, group_duplicates
 from dinoembed.errors import ConfigError, ImageError
 from dinoembed.export import export
+from dinoembed.facts import complete_facts
+from dinoembed.imaging import DecodeLimits
+from dinoembed.report import thumbnail_uri, write_report
 from dinoembed.results import EmbeddingResult, ModelInfo
 from dinoembed.settings import Settings
-from dinoembed.similarity import Group, duplicate_groups, normalize_rows, top_k
+from dinoembed.sidecars import same_space
+from dinoembed.similarity import normalize_rows, top_k
 
 if TYPE_CHECKING:
     from dinoembed.pipeline import ImageItem
 
 log = logging.getLogger(__name__)
 
-USE_COMMANDS = frozenset({"similar", "dupes", "backfill", "export"})
+USE_COMMANDS = frozenset({"similar", "dupes", "cluster", "report", "backfill", "export"})
 DEFAULT_TOP_K = 10
 DEFAULT_THRESHOLD = 0.95
 
@@ -51,6 +65,28 @@ def add_use_commands(sub: Any, embed_options: OptionAdder) -> None:
     dupes.add_argument("collection", metavar="DIR_OR_S3")
     dupes.add_argument("--threshold", type=float, help=f"cosine (default {DEFAULT_THRESHOLD})")
     dupes.add_argument("--json", action="store_true", help="one JSON document")
+    cluster = sub.add_parser("cluster", argument_default=s, help="group images by content")
+    cluster.add_argument("collection", metavar="DIR_OR_S3")
+    cluster.add_argument("--k", type=int, help="exactly K clusters (k-means); default: HDBSCAN")
+    cluster.add_argument(
+        "--min-size", type=int, help=f"without --k: smallest cluster (default {MIN_SIZE})"
+    )
+    cluster.add_argument("--json", action="store_true", help="one JSON document")
+    report = sub.add_parser(
+        "report", argument_default=s, help="an HTML page of the duplicates and clusters"
+    )
+    report.add_argument("collection", metavar="DIR_OR_S3")
+    report.add_argument("--out", type=Path, required=True, metavar="FILE.html")
+    report.add_argument("--threshold", type=float, help=f"cosine (default {DEFAULT_THRESHOLD})")
+    report.add_argument("--k", type=int, help="exactly K clusters (k-means); default: HDBSCAN")
+    report.add_argument("--min-size", type=int, help=f"without --k (default {MIN_SIZE})")
+    for parser in (dupes, report):
+        parser.add_argument(
+            "--decisions",
+            type=Path,
+            metavar="FILE",
+            help='JSON {"not_duplicates": [[path, path, ...], ...]}: never grouped together',
+        )
     backfill = sub.add_parser(
         "backfill", argument_default=s, help="embed images that have no up-to-date sidecar"
     )
@@ -63,7 +99,7 @@ def add_use_commands(sub: Any, embed_options: OptionAdder) -> None:
     exp.add_argument("collection", metavar="DIR_OR_S3")
     exp.add_argument("--format", dest="export_format", choices=["npy", "parquet"], required=True)
     exp.add_argument("--out", type=Path, required=True, metavar="PATH")
-    for parser in (similar, dupes, backfill, exp):
+    for parser in (similar, dupes, cluster, report, backfill, exp):
         parser.add_argument(
             "--no-recursive", dest="recursive", action="store_false", help="top folder only"
         )
@@ -79,9 +115,17 @@ def run_use(args: argparse.Namespace, settings: Settings) -> int:
             min_score=getattr(args, "min_score", None),
             as_json=getattr(args, "json", False),
         )
-    if args.command == "dupes":
+    if args.command in ("dupes", "report"):
         threshold = getattr(args, "threshold", DEFAULT_THRESHOLD)
-        return run_dupes(settings, args.collection, threshold, getattr(args, "json", False))
+        decisions = getattr(args, "decisions", None)
+        if args.command == "dupes":
+            as_json = getattr(args, "json", False)
+            return run_dupes(settings, args.collection, threshold, as_json, decisions)
+        options = ClusterOptions(getattr(args, "k", None), getattr(args, "min_size", MIN_SIZE))
+        return run_report(settings, args.collection, args.out, threshold, decisions, options)
+    if args.command == "cluster":
+        options = ClusterOptions(getattr(args, "k", None), getattr(args, "min_size", MIN_SIZE))
+        return run_cluster(settings, args.collection, options, getattr(args, "json", False))
     if args.command == "backfill":
         from dinoembed.cli.backfill import run_backfill
 
@@ -91,6 +135,13 @@ def run_use(args: argparse.Namespace, settings: Settings) -> int:
 
 def open_collection(location: str, settings: Settings) -> Collection:
     """The collection at ``location``, refreshed against its cache in the cache dir."""
+    return open_collection_with_source(location, settings)[0]
+
+
+def open_collection_with_source(
+    location: str, settings: Settings
+) -> tuple[Collection, SidecarSource, CollectionCache]:
+    """The collection, the source it came from and its cache (to measure facts later)."""
     source = wiring.open_source(location, settings)
     cache = CollectionCache.for_location(
         settings.cache_dir, source.location, settings.output_suffix
@@ -109,7 +160,7 @@ def open_collection(location: str, settings: Settings) -> Collection:
     collection.require_vectors()
     if collection.model is not None and collection.model.name.startswith("standin:"):
         log.warning("%s was embedded by a stand-in model: similarities are meaningless", location)
-    return collection
+    return collection, source, cache
 
 
 def run_similar(
@@ -152,11 +203,10 @@ def query_vector(query: str, collection: Collection, settings: Settings) -> tupl
     else:
         if "preprocess" not in settings.model_fields_set and collection.model is not None:
             settings = settings.model_copy(update={"preprocess": collection.model.preprocess})
-        embedder = wiring.embedder(settings)
+        embedder = wiring.pipeline(settings)
         hint = "use the collection's model (--model or DINOEMBED_MODEL_PATH)"
         _same_model(collection.model, embedder.model, "the loaded model", hint)
-        outcome = embedder.embed_one(_query_item(query, settings))
-        result = outcome.result or embedder.error_result(outcome.item, str(outcome.failure))
+        result = embedder.embed_one(_query_item(query, settings)).result
     if not result.ok or result.embedding is None:
         raise ImageError(f"{query}: cannot be used as a query: {result.error}")
     vector = normalize_rows(np.array([result.embedding.embedding], dtype=np.float32))[0]
@@ -166,7 +216,7 @@ def query_vector(query: str, collection: Collection, settings: Settings) -> tupl
 def _same_model(expected: ModelInfo | None, got: ModelInfo, what: str, hint: str) -> None:
     if expected is None:
         return
-    if (got.sha256, got.preprocess) != (expected.sha256, expected.preprocess):
+    if not same_space(got, expected):
         raise MixedModelsError(
             f"the collection was embedded by {expected.name} (sha256 {expected.sha256[:12]}…, "
             f"{expected.preprocess}) but {what} is {got.name} (sha256 {got.sha256[:12]}…, "
@@ -185,11 +235,14 @@ def _query_item(query: str, settings: Settings) -> ImageItem:
     return local_item(Path(query))
 
 
-def run_dupes(settings: Settings, location: str, threshold: float, as_json: bool) -> int:
-    if not -1.0 <= threshold <= 1.0:
-        raise ConfigError(f"--threshold {threshold}: a cosine is between -1 and 1")
-    collection = open_collection(location, settings)
-    groups = duplicate_groups(collection.matrix, threshold, workers=settings.threads)
+def run_dupes(
+    settings: Settings,
+    location: str,
+    threshold: float,
+    as_json: bool,
+    decisions_file: Path | None = None,
+) -> int:
+    collection, _, groups = find_dupes(settings, location, threshold, decisions_file)
     rows = collection.rows
     if as_json:
         doc = {
@@ -200,23 +253,146 @@ def run_dupes(settings: Settings, location: str, threshold: float, as_json: bool
         }
         print(json.dumps(doc))
         return 0
+    exact = sum(1 for g in groups if g.kind == "exact")
+    print(
+        f"{len(collection)} images: {exact} groups of identical files, "
+        f"{len(groups) - exact} groups of similar images (cosine >= {threshold})"
+    )
     for number, group in enumerate(groups, 1):
         print(
-            f"group {number}: {len(group.members)} images, "
+            f"group {number}: {len(group.members)} images, {group.kind}, "
             f"cosine {group.min_score:.4f}-{group.max_score:.4f}"
         )
         for member in group.members:
-            print(f"  {rows[member].path}")
+            mark = f"keep  ({group.keep_reason})" if member == group.keep else ""
+            print(f"  {rows[member].path}  {mark}".rstrip())
     return 0
 
 
-def _group_json(group: Group, rows: list[Any]) -> dict[str, Any]:
+def find_dupes(
+    settings: Settings, location: str, threshold: float, decisions_file: Path | None
+) -> tuple[Collection, SidecarSource, list[DupeGroup]]:
+    """The collection (facts measured where needed), its source and its duplicate groups."""
+    if not -1.0 <= threshold <= 1.0:
+        raise ConfigError(f"--threshold {threshold}: a cosine is between -1 and 1")
+    decisions = Decisions.load(decisions_file) if decisions_file else Decisions()
+    collection, source, cache = open_collection_with_source(location, settings)
+    pairs, twins = candidates(collection.matrix, threshold, workers=settings.threads)
+    in_pairs = {*pairs.left.tolist(), *pairs.right.tolist()}
+    collection = complete_facts(collection, source, in_pairs, digest=twins, cache=cache)
+    groups = group_duplicates(collection.rows, pairs, threshold, decisions)
+    return collection, source, groups
+
+
+def _group_json(group: DupeGroup, rows: list[Entry]) -> dict[str, Any]:
     return {
+        "kind": group.kind,
         "size": len(group.members),
         "min_score": round(group.min_score, 6),
         "max_score": round(group.max_score, 6),
         "paths": [rows[m].path for m in group.members],
+        "keep": rows[group.keep].path,
+        "keep_reason": group.keep_reason,
+        "images": [_image_json(rows[m]) for m in group.members],
     }
+
+
+def _image_json(entry: Entry) -> dict[str, Any]:
+    return {
+        "path": entry.path,
+        "width": entry.width,
+        "height": entry.height,
+        "size": entry.size,
+        "sha256": entry.sha256,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOptions:
+    k: int | None = None
+    min_size: int = MIN_SIZE
+
+
+def cluster_collection(collection: Collection, options: ClusterOptions) -> Clustering:
+    if options.k is not None:
+        return kmeans(collection.matrix, options.k)
+    return density(collection.matrix, min_size=options.min_size)
+
+
+def run_cluster(settings: Settings, location: str, options: ClusterOptions, as_json: bool) -> int:
+    collection = open_collection(location, settings)
+    result = cluster_collection(collection, options)
+    rows = collection.rows
+    if as_json:
+        doc = {
+            "collection": collection.location,
+            "images": len(collection),
+            "method": result.method,
+            "k": options.k,
+            "clusters": [
+                {
+                    "id": c.id,
+                    "size": len(c.members),
+                    "paths": [rows[m].path for m in c.members],
+                    "representative": rows[c.representative].path,
+                    "cohesion": round(c.cohesion, 6),
+                }
+                for c in result.clusters
+            ],
+            "unclustered": [rows[m].path for m in result.unclustered],
+        }
+        print(json.dumps(doc))
+        return 0
+    print(
+        f"{len(collection)} images: {len(result.clusters)} clusters ({result.method}), "
+        f"{len(result.unclustered)} unclustered"
+    )
+    for c in result.clusters:
+        print(f"cluster {c.id}: {len(c.members)} images, cohesion {c.cohesion:.4f}")
+        for member in c.members:
+            print(f"  {rows[member].path}")
+    if result.unclustered:
+        print("unclustered:")
+        for member in result.unclustered:
+            print(f"  {rows[member].path}")
+    return 0
+
+
+def run_report(
+    settings: Settings,
+    location: str,
+    out: Path,
+    threshold: float,
+    decisions_file: Path | None,
+    options: ClusterOptions,
+) -> int:
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out {out}: the folder {out.parent} does not exist")
+    collection, source, groups = find_dupes(settings, location, threshold, decisions_file)
+    clusters = cluster_collection(collection, options)
+    limits = DecodeLimits(settings.max_pixels, settings.max_bytes)
+    summary = write_report(
+        out,
+        collection,
+        groups,
+        clusters,
+        lambda entry: thumbnail_uri(source, entry, limits),
+        threshold=threshold,
+    )
+    sys.stdout.write(
+        json.dumps(
+            {
+                "report": str(out),
+                "images": len(collection),
+                "groups": summary.groups,
+                "clusters": summary.clusters,
+                "thumbnails": summary.thumbnails,
+                "placeholders": summary.placeholders,
+            }
+        )
+        + "\n"
+    )
+    return 0
 
 
 def _model_json(model: ModelInfo | None) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from dinoembed.collection import FolderSource, SidecarSource
 from dinoembed.errors import ConfigError
 from dinoembed.fetchers import default_fetchers
 from dinoembed.model_store import ModelStore
-from dinoembed.pipeline import Embedder, build_embedder
+from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
 
 # The third-party packages behind each extra (pyproject.toml [project.optional-dependencies]).
@@ -58,9 +58,9 @@ def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
     return ModelStore(settings.cache_dir, fetchers_with_s3(client))
 
 
-def embedder(settings: Settings, client: Any | None = None) -> Embedder:
+def pipeline(settings: Settings, client: Any | None = None) -> Pipeline:
     """Resolve (download if need be) the model and build the pipeline: once per command."""
-    return build_embedder(settings, model_store(settings, client))
+    return build_pipeline(settings, model_store(settings, client))
 
 
 def open_source(location: str, settings: Settings) -> SidecarSource:

@@ -1,0 +1,246 @@
+"""Duplicate groups in two tiers, a suggested keep for each, and a person's decisions.
+
+- **exact**: images with identical bytes (the same sha256). Identical bytes give the
+  same embedding, so only images whose vectors are near-identical
+  (cosine >= :data:`EXACT_CANDIDATE`) need hashing when the sidecars did not record
+  a sha256: :func:`candidates` says which.
+- **similar**: connected components of the graph of pairs with cosine >= the
+  threshold, where each exact group takes part through its keep only (its other
+  members are already accounted for as identical copies).
+- **keep**: most pixels, then the largest file, then the first path by name;
+  ``keep_reason`` says which rule decided.
+- **decisions** (:class:`Decisions`): pairs a person marked "not duplicates" are
+  never in the same group. Edges are joined strongest first (Kruskal's order) and
+  a join that would put a marked pair into one group is skipped, so marking A/B
+  also splits A~C~B; marking every pair of a group ("keep all") dissolves it.
+
+Pure over row indices, scores and :class:`~dinoembed.collection.Entry` facts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Literal
+
+from dinoembed.collection import Entry
+from dinoembed.errors import ConfigError
+from dinoembed.similarity import Matrix, Pairs, UnionFind, similar_pairs
+
+log = logging.getLogger(__name__)
+
+# Identical bytes give bit-identical vectors on one machine, and within ~1e-6 across
+# ONNX Runtime builds; 0.999 leaves room for that and nothing else.
+EXACT_CANDIDATE = 0.999
+
+Kind = Literal["exact", "similar"]
+
+
+@dataclass(frozen=True, slots=True)
+class DupeGroup:
+    kind: Kind
+    members: tuple[int, ...]  # rows, ascending by path
+    keep: int
+    keep_reason: str
+    min_score: float
+    max_score: float
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Pairs of image paths marked "not duplicates" (each pair stored in sorted order)."""
+
+    not_duplicates: frozenset[tuple[str, str]] = frozenset()
+
+    @classmethod
+    def load(cls, path: Path) -> Decisions:
+        """``{"not_duplicates": [[path, path, ...], ...]}``: every pair within each list is
+        marked. Relative local paths are relative to the decisions file's folder."""
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError as err:
+            raise ConfigError(f"{path}: no such decisions file") from err
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path}: not a JSON decisions file ({err})") from err
+        lists = doc.get("not_duplicates", []) if isinstance(doc, dict) else None
+        if not isinstance(lists, list) or not all(
+            isinstance(item, list) and all(isinstance(p, str) for p in item) for item in lists
+        ):
+            raise ConfigError(
+                f'{path}: expected {{"not_duplicates": [["a.jpg", "b.jpg"], ...]}} '
+                "(lists of image paths)"
+            )
+        base = path.absolute().parent
+        pairs: set[tuple[str, str]] = set()
+        for item in lists:
+            resolved = sorted({_resolve(p, base) for p in item})
+            pairs.update(combinations(resolved, 2))
+        return cls(frozenset(pairs))
+
+    def forbids(self, a: str, b: str) -> bool:
+        return (min(a, b), max(a, b)) in self.not_duplicates
+
+
+def _resolve(path: str, base: Path) -> str:
+    if path.startswith("s3://") or Path(path).is_absolute():
+        return path
+    return str(base / path)
+
+
+def candidates(
+    matrix: Matrix, threshold: float, *, workers: int | None = None
+) -> tuple[Pairs, list[int]]:
+    """Every pair at or above ``min(threshold, EXACT_CANDIDATE)``, and the rows that may
+    have an identical twin (worth hashing)."""
+    pairs = similar_pairs(matrix, min(threshold, EXACT_CANDIDATE), workers=workers)
+    near = pairs.score >= EXACT_CANDIDATE
+    twins = sorted({*pairs.left[near].tolist(), *pairs.right[near].tolist()})
+    return pairs, twins
+
+
+def group_duplicates(
+    entries: Sequence[Entry],
+    pairs: Pairs,
+    threshold: float,
+    decisions: Decisions = Decisions(),
+) -> list[DupeGroup]:
+    """Exact groups, then similar groups, each largest first. ``entries[i]`` is row i."""
+    paths = [e.path for e in entries]
+    forbidden = _forbidden_rows(paths, decisions)
+    scores = {
+        (a, b): s
+        for a, b, s in zip(
+            pairs.left.tolist(), pairs.right.tolist(), pairs.score.tolist(), strict=True
+        )
+    }
+    exact = _exact_groups(entries, forbidden, scores)
+    # A copy in an exact group takes part through its keep only: it has the keep's vector,
+    # so the keep has the same edges.
+    copies = {m for g in exact for m in g.members if m != g.keep}
+    edges = [
+        (s, a, b)
+        for (a, b), s in scores.items()
+        if s >= threshold and a not in copies and b not in copies
+    ]
+    components = _constrained_components(len(entries), edges, forbidden)
+    similar = []
+    for members, low, high in components:
+        keep, reason = choose_keep([entries[m] for m in members])
+        similar.append(DupeGroup("similar", members, members[keep], reason, low, high))
+    similar.sort(key=lambda g: (-len(g.members), paths[g.members[0]]))
+    return exact + similar
+
+
+def _forbidden_rows(paths: Sequence[str], decisions: Decisions) -> dict[int, set[int]]:
+    if not decisions.not_duplicates:
+        return {}
+    row_of = {p: i for i, p in enumerate(paths)}
+    forbidden: dict[int, set[int]] = {}
+    unknown = 0
+    for a, b in decisions.not_duplicates:
+        if a in row_of and b in row_of:
+            forbidden.setdefault(row_of[a], set()).add(row_of[b])
+            forbidden.setdefault(row_of[b], set()).add(row_of[a])
+        else:
+            unknown += 1
+    if unknown:
+        log.info("%d decisions name images that are not in this collection", unknown)
+    return forbidden
+
+
+def _exact_groups(
+    entries: Sequence[Entry], forbidden: dict[int, set[int]], scores: dict[tuple[int, int], float]
+) -> list[DupeGroup]:
+    by_hash: dict[tuple[str, int | None], list[int]] = {}
+    for row, entry in enumerate(entries):
+        if entry.sha256:
+            by_hash.setdefault((entry.sha256, entry.size), []).append(row)
+    groups = []
+    for rows in by_hash.values():
+        if len(rows) < 2:
+            continue
+        rows.sort(key=lambda r: entries[r].path)
+        # Greedy in path order: each image joins the first subgroup holding no image it
+        # was marked "not a duplicate" of.
+        subgroups: list[list[int]] = []
+        for row in rows:
+            for sub in subgroups:
+                if not forbidden.get(row, set()).intersection(sub):
+                    sub.append(row)
+                    break
+            else:
+                subgroups.append([row])
+        for sub in subgroups:
+            if len(sub) < 2:
+                continue
+            linked = [scores[p] for p in combinations(sorted(sub), 2) if p in scores]
+            keep, reason = choose_keep([entries[m] for m in sub])
+            low, high = (min(linked), max(linked)) if linked else (1.0, 1.0)
+            groups.append(DupeGroup("exact", tuple(sub), sub[keep], reason, low, high))
+    groups.sort(key=lambda g: (-len(g.members), entries[g.members[0]].path))
+    return groups
+
+
+def _constrained_components(
+    n: int, edges: Iterable[tuple[float, int, int]], forbidden: dict[int, set[int]]
+) -> list[tuple[tuple[int, ...], float, float]]:
+    """Components of size >= 2 joined strongest edge first, never joining a forbidden pair;
+    each with the lowest and highest score of the edges inside it."""
+    ordered = sorted(edges, key=lambda e: (-e[0], e[1], e[2]))
+    sets = UnionFind(n)
+    marked: dict[int, set[int]] = {r: {r} for r in forbidden}  # root -> its constrained rows
+    for _, a, b in ordered:
+        ra, rb = sets.find(a), sets.find(b)
+        if ra == rb:
+            continue
+        mine, theirs = marked.get(ra, set()), marked.get(rb, set())
+        small, other = (mine, rb) if len(mine) <= len(theirs) else (theirs, ra)
+        if any(sets.find(y) == other for x in small for y in forbidden[x]):
+            continue
+        sets.union(a, b)
+        root = sets.find(a)
+        if mine or theirs:
+            marked[root] = mine | theirs
+    stats: dict[int, list[float]] = {}
+    for s, a, b in ordered:
+        if sets.find(a) == sets.find(b):
+            low_high = stats.setdefault(sets.find(a), [s, s])
+            low_high[0], low_high[1] = min(low_high[0], s), max(low_high[1], s)
+    members: dict[int, list[int]] = {}
+    for node in sorted({x for _, a, b in ordered for x in (a, b)}):
+        members.setdefault(sets.find(node), []).append(node)
+    return [(tuple(m), stats[root][0], stats[root][1]) for root, m in members.items() if len(m) > 1]
+
+
+def choose_keep(entries: Sequence[Entry]) -> tuple[int, str]:
+    """Index of the entry to keep (most pixels, then largest file, then first by name), and
+    the reason in a few words."""
+    order = sorted(
+        range(len(entries)),
+        key=lambda i: (-(entries[i].pixels or 0), -(entries[i].size or 0), entries[i].path),
+    )
+    best, runner = entries[order[0]], entries[order[1]] if len(order) > 1 else None
+    dims = f"{best.width}x{best.height}" if best.pixels else None
+    if runner is None:
+        return order[0], "only image"
+    if best.pixels and best.pixels != runner.pixels:
+        return order[0], f"most pixels ({dims})"
+    same = f"same pixels ({dims})" if dims else "pixels unknown"
+    if best.size and best.size != runner.size:
+        return order[0], f"{same}, largest file ({human_size(best.size)})"
+    if best.sha256 and best.sha256 == runner.sha256:
+        return order[0], "identical files: first by name"
+    return order[0], f"{same}, same file size: first by name"
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
