@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,7 +122,14 @@ class BatchOperations:
         except DinoEmbedError as err:
             results[_task(ref)] = TaskResult("PermanentFailure", str(err))
             return ref
-        return replace(ref, size=meta.size, etag=meta.etag, version_id=meta.version_id)
+        return ObjectRef(
+            bucket=ref.bucket,
+            key=ref.key,
+            size=meta.size,
+            etag=meta.etag,
+            version_id=meta.version_id,
+            task_id=ref.task_id,
+        )
 
     def _verify(self, ref: ObjectRef) -> TaskResult:
         """Read the sidecar back: is it current for the object as it was announced?"""
