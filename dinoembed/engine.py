@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dinoembed.errors import ModelFormatError
+from dinoembed.similarity import normalize_rows
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +166,6 @@ def is_standin(session: Session) -> bool:
     return "dinoembed.standin" in (meta().custom_metadata_map or {})
 
 
-def l2_normalize(vectors: Tensor) -> Tensor:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, np.float32(1e-12))).astype(np.float32)
-
-
 class Engine:
     """Runs batches of preprocessed images through a session; float32 in and out."""
 
@@ -191,7 +187,7 @@ class Engine:
             vectors = np.concatenate(parts, axis=0)
         else:
             vectors = self._run(batch)
-        return l2_normalize(vectors) if self.normalize else vectors
+        return normalize_rows(vectors) if self.normalize else vectors
 
     def _run(self, batch: Tensor) -> Tensor:
         feed = {self.spec.input_name: np.ascontiguousarray(batch, dtype=np.float32)}

@@ -16,13 +16,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
+from dinoembed.atomic import TEMP_SUFFIX, atomic_path, temp_prefix, write_atomic
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
 from dinoembed.fetchers import Fetcher, default_fetchers, fetcher_for
 from dinoembed.settings import (
@@ -208,7 +208,7 @@ class ModelStore:
         memo = self._memo(path)
         with contextlib.suppress(OSError):  # a read-only cache only costs a rehash next time
             memo.parent.mkdir(parents=True, exist_ok=True)
-            _write_small(memo, f"{digest} {_identity(stat)}")
+            write_atomic(memo, f"{digest} {_identity(stat)}".encode())
 
     def _memo(self, path: Path) -> Path:
         return self.cache_dir / "hashes" / hashlib.sha256(str(path.resolve()).encode()).hexdigest()
@@ -244,35 +244,33 @@ class ModelStore:
         return ResolvedModel(final, source.sha256, source.name, "download")
 
     def _remove_stale(self, final: Path, source: ModelSource) -> None:
-        """Under the lock, any partial file for this model is a leftover of a killed process."""
-        for leftover in final.parent.glob(f".{source.sha256}.*.part"):
+        """Under the lock, any partial file for this model is a leftover of a killed process
+        (``.<sha256>.*.part`` is how dinoembed 0.1 named them)."""
+        leftovers = [
+            *final.parent.glob(f"{temp_prefix(final)}*{TEMP_SUFFIX}"),
+            *final.parent.glob(f".{source.sha256}.*.part"),
+        ]
+        for leftover in leftovers:
             log.info("removing stale partial download %s", leftover.name)
             leftover.unlink(missing_ok=True)
         final.unlink(missing_ok=True)
 
     def _fetch_verified(self, source: ModelSource, final: Path) -> None:
+        """Stream into a temp file beside ``final``, hashing; rename only once verified."""
         fetcher = fetcher_for(source.url, self.fetchers)
         log.info("downloading model %s from %s", source.name, source.url)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=final.parent, prefix=f".{source.sha256}.", suffix=".part"
-        )
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "w+b") as out:
+        with atomic_path(final) as tmp:
+            with tmp.open("w+b") as out:
                 writer = HashingWriter(out)
                 try:
                     fetcher.fetch(source.url, writer)
                     out.flush()
-                    os.fsync(out.fileno())
                 except OSError as err:
                     raise ModelUnavailableError(
                         f"cannot write the model into {final.parent}: {err.strerror or err}"
                     ) from err
-            self._verify(writer, source)
-            tmp.replace(final)
-            self._remember(final, source.sha256, final.stat())  # hashed while streaming
-        finally:
-            tmp.unlink(missing_ok=True)
+            self._verify(writer, source)  # raising here removes the temp file
+        self._remember(final, source.sha256, final.stat())  # hashed while streaming
 
     @staticmethod
     def _verify(writer: HashingWriter, source: ModelSource) -> None:
@@ -291,12 +289,6 @@ class ModelStore:
 def _identity(stat: os.stat_result) -> str:
     """What changes whenever a file's content may have: size, mtime, ctime, inode."""
     return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ctime_ns} {stat.st_ino}"
-
-
-def _write_small(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def is_default(source: ModelSource) -> bool:

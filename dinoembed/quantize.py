@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dinoembed.atomic import atomic_path
 from dinoembed.engine import create_session, inspect_session
 from dinoembed.errors import ConfigError, ModelFormatError
 
@@ -47,19 +46,11 @@ def quantize_model(source: Path, output: Path) -> QuantizeReport:
         raise ConfigError("the quantised model needs an output path other than its input")
     spec = inspect_session(create_session(source, threads=1))
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_path(output) as tmp:
         _quantize_matmuls(source, tmp)
-        tmp.chmod(0o644)
         quantized = inspect_session(create_session(tmp, threads=1))
         if (quantized.input_size, quantized.dim) != (spec.input_size, spec.dim):
             raise ModelFormatError("the quantised model no longer has the input/output shapes")
-        tmp.replace(output)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return QuantizeReport(
         source, output, source.stat().st_size, output.stat().st_size, quantized.dim
     )

@@ -126,10 +126,12 @@ def test_truncated_cache_is_detected_and_fetched_again(tmp_path: Path) -> None:
     assert script.requests == 2 and again.path.read_bytes() == BODY
 
 
-def test_stale_partial_file_from_a_killed_process_is_removed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", [f".{SHA}.onnx.abc123.tmp", f".{SHA}.abc123.part"])
+def test_stale_partial_file_from_a_killed_process_is_removed(tmp_path: Path, name: str) -> None:
+    # GIVEN what a killed download left behind (dinoembed 0.1 named it .part)
     models = tmp_path / "models"
     models.mkdir()
-    stale = models / f".{SHA}.abc123.part"
+    stale = models / name
     stale.write_bytes(BODY[:10])
     with serve(Script(BODY)) as url:
         _store(tmp_path).resolve(_source(url))

@@ -26,7 +26,7 @@ from watchdog.events import (
 
 from dinoembed.atomic import is_temp_file
 from dinoembed.local import looks_like_image
-from dinoembed.sidecars import is_sidecar
+from dinoembed.sidecars import image_path, is_sidecar
 from dinoembed.watcher.queue import Touch, WorkQueue
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,9 @@ class EnqueueHandler(FileSystemEventHandler):
             self.queue.put(path, touch)
         elif touch is Touch.DELETED and is_sidecar(path.name, self.suffix):
             # A sidecar removed by hand: make it again (if its image is still there).
-            self.queue.put(path.with_name(path.name[: -len(self.suffix)]), Touch.CHANGED)
+            image = image_path(path, self.suffix)
+            if image is not None:
+                self.queue.put(image, Touch.CHANGED)
 
     def _moved(self, src: Path, dest: Path) -> None:
         src_is_image = self._is_image(src)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dinoembed.atomic import is_temp_file
 from dinoembed.local import looks_like_image
-from dinoembed.sidecars import is_sidecar
+from dinoembed.sidecars import image_path, is_sidecar
 from dinoembed.watcher.queue import Touch, WorkQueue
 from dinoembed.watcher.sidecars import Sidecars, State
 
@@ -89,8 +89,9 @@ class Scanner:
                 if looks_like_image(path, suffix):
                     self._image(path, touch, report)
                 elif is_sidecar(path.name, suffix):
-                    image = path.with_name(path.name[: -len(suffix)])
-                    report.orphans_removed += self.sidecars.remove_orphan(image)
+                    image = image_path(path, suffix)
+                    if image is not None:
+                        report.orphans_removed += self.sidecars.remove_orphan(image)
                 elif is_temp_file(path.name) and suffix + "." in path.name:
                     report.temps_removed += self._remove_stale_temp(path)
             except OSError as err:
