@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from dinoembed.engine import Engine, available_cpus, create_session
-from dinoembed.similarity import normalize_rows
 from dinoembed.errors import ModelFormatError
+from dinoembed.similarity import normalize_rows
 from dinoembed.standin import VitConfig, build_tiny, build_vit
 
 
