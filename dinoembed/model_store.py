@@ -1,7 +1,8 @@
 """Resolve, fetch, verify and cache the model file.
 
-Sources, in order: an explicit local path -> the cache (verified) -> a
-download from ``http(s)://`` or ``s3://``. A download streams into a temp file
+Sources, in order: an explicit local path -> a model bundled in the deployment
+package (:func:`find_bundled`) -> the cache (verified) -> a download from
+``http(s)://`` or ``s3://``. A download streams into a temp file
 in the cache folder while hashing, is checked against the expected sha256 and
 size, then renamed into place. A file lock makes concurrent loaders (threads or
 processes sharing the cache) download once. Nothing unverified is ever left
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -68,6 +70,46 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+BUNDLE_MANIFEST = "bundle.json"
+
+
+@dataclass(frozen=True, slots=True)
+class BundledModel:
+    """A model file shipped inside a deployment package, with the sha256 it was built with."""
+
+    path: Path
+    sha256: str
+
+
+def find_bundled(folder: Path) -> BundledModel | None:
+    """The model bundled in ``folder``, or None when there is none.
+
+    ``infra/build_lambda.sh`` copies the model there and writes ``bundle.json``
+    (``{"file", "sha256", "size"}``) after checking the sha256, so a cold start need
+    not hash 87 MB again: the package is immutable once built. A manifest that names
+    a missing file or the wrong size is refused rather than trusted.
+    """
+    manifest = folder / BUNDLE_MANIFEST
+    try:
+        data = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"bundled model manifest {manifest} is unreadable: {err}") from err
+    try:
+        path = folder / Path(str(data["file"])).name
+        sha256, size = str(data["sha256"]), int(data["size"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"bundled model manifest {manifest} lacks {err}") from err
+    try:
+        actual = path.stat().st_size
+    except OSError as err:
+        raise ConfigError(f"bundled model {path} is missing: rebuild the package") from err
+    if actual != size:
+        raise ModelIntegrityError(f"bundled model {path} has {actual} bytes, expected {size}")
+    return BundledModel(path, sha256)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSource:
     """Where the model comes from and what it must hash to."""
@@ -78,6 +120,7 @@ class ModelSource:
     path: Path | None = None
     verify_path: bool = False
     size: int | None = None
+    bundled: BundledModel | None = None
 
     def __post_init__(self) -> None:
         if not self.url and self.path is None:
@@ -86,6 +129,9 @@ class ModelSource:
     @classmethod
     def from_settings(cls, settings: Settings) -> ModelSource:
         known_size = DEFAULT_MODEL_SIZE if settings.model_sha256 == DEFAULT_MODEL_SHA256 else None
+        bundled = None
+        if settings.model_path is None and settings.bundle_dir is not None:
+            bundled = find_bundled(settings.bundle_dir)
         return cls(
             url=settings.model_url,
             sha256=settings.model_sha256,
@@ -93,6 +139,7 @@ class ModelSource:
             path=settings.model_path,
             verify_path=settings.sha256_is_explicit,
             size=known_size,
+            bundled=bundled,
         )
 
 
@@ -101,7 +148,7 @@ class ResolvedModel:
     path: Path
     sha256: str
     name: str
-    origin: str  # "path", "cache" or "download"
+    origin: str  # "path", "bundled", "cache" or "download"
 
 
 @dataclass
@@ -113,6 +160,8 @@ class ModelStore:
     def resolve(self, source: ModelSource) -> ResolvedModel:
         if source.path is not None:
             return self._local(source, source.path)
+        if source.bundled is not None:
+            return self._bundled(source, source.bundled)
         cached = self.cached_path(source)
         if self._cached_ok(cached, source):
             return ResolvedModel(cached, source.sha256, source.name, "cache")
@@ -130,6 +179,17 @@ class ModelStore:
                 f"model file {path} has sha256 {digest}, expected {source.sha256}"
             )
         return ResolvedModel(path, digest, source.name, "path")
+
+    @staticmethod
+    def _bundled(source: ModelSource, bundled: BundledModel) -> ResolvedModel:
+        """The package's own model; a sha256 the user asked for explicitly must match it."""
+        if source.verify_path and bundled.sha256 != source.sha256:
+            raise ModelIntegrityError(
+                f"the bundled model {bundled.path.name} has sha256 {bundled.sha256}, but "
+                f"DINOEMBED_MODEL_SHA256 asks for {source.sha256}: rebuild with that model "
+                "or set DINOEMBED_MODEL_SHA256 (the template's ModelSha256) to match"
+            )
+        return ResolvedModel(bundled.path, bundled.sha256, bundled.path.stem, "bundled")
 
     def _digest(self, path: Path) -> str:
         """sha256 of a model file, remembered in ``<cache>/hashes`` by file identity, so a

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     )
 
     model_path: Path | None = None
+    # A folder that may hold a model bundled at build time (bundle.json + the .onnx file);
+    # the Lambda handler points it at its package's model/ folder (SPEC section 2 order).
+    bundle_dir: Path | None = None
     model_url: str = DEFAULT_MODEL_URL
     model_sha256: str = DEFAULT_MODEL_SHA256
     cache_dir: Path = Field(default_factory=default_cache_dir)

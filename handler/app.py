@@ -8,7 +8,8 @@ model fails, nothing is kept and the next invocation tries again.
 
 Failure policy (SPEC section 7): SQS invocations return
 ``{"batchItemFailures": [...]}`` listing the messages to retry (unrecognised
-bodies, transient errors); every other invocation raises
+bodies, transient errors); S3 Batch Operations get a result code per task
+(:mod:`dinoembed.handler.batch_ops`); every other invocation raises
 :class:`~dinoembed.errors.TransientError` when any object must be retried, so
 Lambda's retries and the failure destination / DLQ take over.
 """
@@ -18,11 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 
 from dinoembed.errors import TransientError
+from dinoembed.handler.batch_ops import BatchOperations
+from dinoembed.handler.deletes import SidecarDeleter
 from dinoembed.handler.events import Invocation, normalise
 from dinoembed.handler.model_fetch import fetchers_with_s3
 from dinoembed.handler.observability import Tally, make_logger, make_metrics, publish
@@ -32,6 +36,7 @@ from dinoembed.logs import capture_library_warnings
 from dinoembed.model_store import ModelStore
 from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
+from dinoembed.sidecars import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +65,35 @@ class Runtime:
     def processor(self) -> Processor:
         return Processor(S3Objects(self.s3_client), self.embedder, self.settings.output_suffix)
 
+    def deleter(self) -> SidecarDeleter:
+        return SidecarDeleter(S3Objects(self.s3_client), self.settings.output_suffix)
+
+    def recipe(self) -> Recipe:
+        return self.embedder().recipe
+
+    def batch_operations(self) -> BatchOperations:
+        objects = S3Objects(self.s3_client)
+        return BatchOperations(objects, self.processor(), self.recipe, self.settings.output_suffix)
+
 
 class RetryError(TransientError):
     """Raised for non-SQS invocations so Lambda retries them (then the DLQ takes over)."""
 
 
 _runtime: Runtime | None = None
+
+# The deployment package's root (LAMBDA_TASK_ROOT, /var/task): this file is
+# <root>/dinoembed/handler/app.py there. infra/build_lambda.sh puts a bundled model
+# in <root>/model/.
+PACKAGE_ROOT = Path(__file__).parent.parent.parent
+
+
+def lambda_settings() -> Settings:
+    """The settings from ``DINOEMBED_*``, looking for a bundled model in the package."""
+    settings = Settings()
+    if "bundle_dir" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"bundle_dir": PACKAGE_ROOT / "model"})
+    return settings
 
 
 def runtime() -> Runtime:
@@ -74,7 +102,7 @@ def runtime() -> Runtime:
     if _runtime is None:
         logger = make_logger()  # configures the "dinoembed" loggers before anything logs
         capture_library_warnings()  # Pillow's warnings become log records, not raw stderr
-        _runtime = Runtime(Settings(), make_client(), logger, make_metrics())
+        _runtime = Runtime(lambda_settings(), make_client(), logger, make_metrics())
     return _runtime
 
 
@@ -90,10 +118,16 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     invocation = normalise(event)
     report = Report()
     try:
+        if invocation.batch is not None:
+            response, report = rt.batch_operations().run(invocation.batch, invocation.refs)
+            return response
         if invocation.kind == "test":
             log.info("s3:TestEvent received; nothing to do")
         else:
-            report = rt.processor().process(invocation.refs)
+            report = rt.deleter().process(invocation.deleted)
+            embedded = rt.processor().process(invocation.to_embed)
+            report.failed.extend(embedded.failed)
+            report.tally.merge(embedded.tally)
     finally:
         tally = Tally(failed=len(invocation.bad_messages))
         tally.merge(report.tally)
@@ -116,6 +150,7 @@ def _respond(invocation: Invocation, report: Report) -> dict[str, Any]:
         "embedded": tally.embedded,
         "errors": tally.errors,
         "skipped": tally.skipped,
+        "deleted": tally.deleted,
     }
 
 

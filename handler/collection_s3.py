@@ -30,7 +30,7 @@ from urllib.parse import quote, quote_plus
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dinoembed.atomic import write_atomic
-from dinoembed.coverage import Listing
+from dinoembed.coverage import Listing, assess
 from dinoembed.errors import ConfigError, SourceGoneError, TransientError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
@@ -43,9 +43,7 @@ from dinoembed.sidecars import (
     Recipe,
     image_name,
     is_sidecar,
-    judge,
     parse_result,
-    sidecar_name,
 )
 
 log = logging.getLogger(__name__)
@@ -214,29 +212,15 @@ class BackfillSummary:
 def stale_images(
     client: Any, bucket: str, prefix: str, suffix: str, recipe: Recipe
 ) -> tuple[list[ObjectRef], int]:
-    """Images under the prefix whose sidecar is not current (the core's rule,
-    :func:`~dinoembed.sidecars.judge`) for ``recipe``; and how many images there are."""
-    listed = list(list_objects(client, bucket, prefix))
-    sidecars = {obj.key for obj in listed if is_sidecar(obj.key, suffix)}
-    images = [
-        obj
-        for obj in listed
-        if not is_sidecar(obj.key, suffix) and looks_like_image(Path(obj.key), suffix)
-    ]
-    to_check = [key for obj in images if (key := sidecar_name(obj.key, suffix)) in sidecars]
-    recorded = {
-        key: parse_result(data or b"") for key, data in read_objects(client, bucket, to_check)
-    }
+    """Images under the prefix whose sidecar is missing or stale for ``recipe`` (the same
+    listing and the same counting as ``dinoembed status``); and how many images there are."""
+    listing = list_prefix(client, bucket, prefix, suffix)
+    coverage = assess(listing, recipe, suffix)
     todo = [
-        ObjectRef(bucket, obj.key, size=obj.size, etag=obj.etag)
-        for obj in images
-        if judge(
-            recorded.get(sidecar_name(obj.key, suffix)),
-            SourceInfo(size=obj.size, etag=obj.etag),
-            recipe,
-        ).needs_writing
+        ObjectRef(bucket, key, size=listing.images[key].size, etag=listing.images[key].etag)
+        for key in coverage.todo
     ]
-    return todo, len(images)
+    return todo, coverage.images
 
 
 def embed_here(

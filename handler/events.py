@@ -6,8 +6,14 @@ Accepted shapes (AWS's own JSON, as documented for each service):
 - SQS messages whose body is an S3 notification, an SNS envelope around one
   (SQS -> SNS -> S3 without raw delivery), or an EventBridge event;
 - SNS records invoking the function directly (``"EventSource": "aws:sns"``);
-- an EventBridge "Object Created" event from S3;
-- S3's ``s3:TestEvent``, which names no object and is acknowledged.
+- an EventBridge "Object Created" or "Object Deleted" event from S3;
+- S3's ``s3:TestEvent``, which names no object and is acknowledged;
+- an S3 Batch Operations invocation (schema 1.0 with ``s3BucketArn``, 2.0 with
+  ``s3Bucket`` and ``userArguments``), read through Powertools' ``S3BatchOperationEvent``.
+
+``ObjectCreated:*`` records and "Object Created" events name images to embed
+(``action="embed"``); ``ObjectRemoved:*`` records and "Object Deleted" events name
+images whose sidecar may have to go (``action="delete"``). Other records are ignored.
 
 S3 notifications carry keys URL-encoded ("red flower.jpg" arrives as
 "red+flower.jpg"), so every key is decoded with ``unquote_plus``; EventBridge
@@ -23,9 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
+from aws_lambda_powertools.utilities.data_classes import S3BatchOperationEvent
+
 from dinoembed.errors import PermanentError
 
-Kind = Literal["s3", "sqs", "sns", "eventbridge", "test"]
+Kind = Literal["s3", "sqs", "sns", "eventbridge", "test", "batch"]
+Action = Literal["embed", "delete"]
 
 
 class UnrecognisedEventError(PermanentError):
@@ -34,7 +43,8 @@ class UnrecognisedEventError(PermanentError):
 
 @dataclass(frozen=True, slots=True)
 class ObjectRef:
-    """One object an event announced. ``message_id`` is the SQS message it came in, if any."""
+    """One object an event announced. ``message_id`` is the SQS message it came in, if any;
+    ``action`` says whether it was created (embed it) or deleted (its sidecar may go)."""
 
     bucket: str
     key: str
@@ -42,10 +52,22 @@ class ObjectRef:
     etag: str | None = None
     version_id: str | None = None
     message_id: str | None = None
+    action: Action = "embed"
+    task_id: str | None = None  # the S3 Batch Operations task that named it
 
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """What an S3 Batch Operations response must echo back, and the job's own arguments."""
+
+    schema_version: str
+    invocation_id: str
+    job_id: str
+    user_arguments: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +78,15 @@ class Invocation:
     refs: list[ObjectRef] = field(default_factory=list)
     bad_messages: list[str] = field(default_factory=list)
     ignored: int = 0
+    batch: BatchJob | None = None
+
+    @property
+    def to_embed(self) -> list[ObjectRef]:
+        return [ref for ref in self.refs if ref.action == "embed"]
+
+    @property
+    def deleted(self) -> list[ObjectRef]:
+        return [ref for ref in self.refs if ref.action == "delete"]
 
 
 def normalise(event: Any) -> Invocation:
@@ -66,6 +97,8 @@ def normalise(event: Any) -> Invocation:
         return Invocation("test")
     if event.get("source") == "aws.s3" and "detail" in event:
         return _eventbridge_invocation(event)
+    if "invocationSchemaVersion" in event and "tasks" in event:
+        return _batch_invocation(event)
     records = event.get("Records")
     if not isinstance(records, list) or not records:
         raise UnrecognisedEventError(f"not an S3, SQS, SNS or EventBridge event: {_keys(event)}")
@@ -126,14 +159,15 @@ def _from_sns_records(records: list[Any], message_id: str | None) -> tuple[list[
 
 
 def _from_s3_records(records: list[Any], message_id: str | None) -> tuple[list[ObjectRef], int]:
-    """S3 notification records; only ``ObjectCreated:*`` names objects to embed."""
+    """S3 notification records: ``ObjectCreated:*`` and ``ObjectRemoved:*`` name objects."""
     refs: list[ObjectRef] = []
     ignored = 0
     for record in records:
         try:
             if record.get("eventSource") != "aws:s3":
                 raise UnrecognisedEventError(f"record is not from S3: {_keys(record)}")
-            if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+            action = _S3_ACTIONS.get(str(record.get("eventName", "")).split(":", 1)[0])
+            if action is None:
                 ignored += 1
                 continue
             s3 = record["s3"]
@@ -146,11 +180,52 @@ def _from_s3_records(records: list[Any], message_id: str | None) -> tuple[list[O
                     etag=normalise_etag(obj.get("eTag")),
                     version_id=_str_or_none(obj.get("versionId")),
                     message_id=message_id,
+                    action=action,
                 )
             )
         except (KeyError, TypeError, AttributeError) as err:
             raise UnrecognisedEventError(f"malformed S3 record: missing {err}") from err
     return refs, ignored
+
+
+BATCH_SCHEMA_VERSIONS = ("1.0", "2.0")
+
+
+def _batch_invocation(event: Mapping[str, Any]) -> Invocation:
+    """S3 Batch Operations: one ref per task (S3 sends one task per invocation today).
+
+    Keys are URL-encoded in the invocation as in the manifest; Powertools' ``s3_key``
+    decodes them with ``unquote_plus``, as AWS's own example function does.
+    """
+    parsed = S3BatchOperationEvent(dict(event))
+    try:
+        version = str(parsed.invocation_schema_version)
+        if version not in BATCH_SCHEMA_VERSIONS:
+            raise UnrecognisedEventError(
+                f"S3 Batch Operations schema {version} is not one of {BATCH_SCHEMA_VERSIONS}"
+            )
+        job = parsed.job
+        arguments = job.user_arguments
+        batch = BatchJob(
+            schema_version=version,
+            invocation_id=_name(parsed.invocation_id, "invocation id"),
+            job_id=str(job.get_id),
+            user_arguments={str(k): str(v) for k, v in arguments.items()},
+        )
+        refs = [
+            ObjectRef(
+                bucket=_name(task.s3_bucket, "bucket name"),
+                key=_name(task.s3_key, "object key"),
+                version_id=_str_or_none(task.s3_version_id),
+                task_id=_name(task.task_id, "task id"),
+            )
+            for task in parsed.tasks
+        ]
+    except (KeyError, TypeError, AttributeError) as err:
+        raise UnrecognisedEventError(
+            f"malformed S3 Batch Operations invocation: missing {err}"
+        ) from err
+    return Invocation("batch", refs, batch=batch)
 
 
 def _eventbridge_invocation(event: Mapping[str, Any]) -> Invocation:
@@ -161,7 +236,8 @@ def _eventbridge_invocation(event: Mapping[str, Any]) -> Invocation:
 def _from_eventbridge(
     event: Mapping[str, Any], message_id: str | None
 ) -> tuple[list[ObjectRef], int]:
-    if event.get("detail-type") != "Object Created":
+    action = _EVENTBRIDGE_ACTIONS.get(str(event.get("detail-type")))
+    if action is None:
         return [], 1
     try:
         detail = event["detail"]
@@ -173,10 +249,15 @@ def _from_eventbridge(
             etag=normalise_etag(obj.get("etag") or obj.get("eTag")),
             version_id=_str_or_none(obj.get("version-id")),
             message_id=message_id,
+            action=action,
         )
     except (KeyError, TypeError, AttributeError) as err:
         raise UnrecognisedEventError(f"malformed EventBridge S3 event: missing {err}") from err
     return [ref], 0
+
+
+_S3_ACTIONS: dict[str, Action] = {"ObjectCreated": "embed", "ObjectRemoved": "delete"}
+_EVENTBRIDGE_ACTIONS: dict[str, Action] = {"Object Created": "embed", "Object Deleted": "delete"}
 
 
 def _is_test_event(event: Mapping[str, Any]) -> bool:

@@ -33,6 +33,7 @@ class Tally:
     errors: int = 0
     skipped: int = 0
     failed: int = 0
+    deleted: int = 0
     embed_ms: float = 0.0
 
     def merge(self, other: Tally) -> None:
@@ -45,6 +46,7 @@ METRIC_NAMES = {
     "errors": "ImageErrors",
     "skipped": "ImagesSkipped",
     "failed": "RecordsFailed",
+    "deleted": "SidecarsDeleted",
 }
 
 

@@ -30,6 +30,7 @@ from botocore.exceptions import (
 
 from dinoembed.errors import DinoEmbedError, PermanentError, SourceGoneError, TransientError
 from dinoembed.results import EmbeddingResult
+from dinoembed.sidecars import is_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,28 @@ class S3Objects:
             raise mapped from err
         except (BotoCoreError, OSError) as err:
             raise map_error(err, f"PutObject s3://{bucket}/{key}") from err
+        return True
+
+    def delete_sidecar(self, bucket: str, key: str, *, suffix: str, etag: str) -> bool:
+        """Delete the sidecar at ``key`` only if it is still the one we read (``IfMatch``).
+
+        Refuses any key that does not end in ``suffix``: this is the only delete the
+        handler makes, and it must never remove an image. False when the sidecar
+        changed (412: rewritten meanwhile, e.g. for a re-uploaded image) or is gone.
+        """
+        if not is_sidecar(key, suffix):
+            raise ValueError(f"refusing to delete s3://{bucket}/{key}: not a {suffix} sidecar")
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+        except ClientError as err:
+            if is_precondition_failed(err):
+                return False
+            mapped = map_error(err, f"DeleteObject s3://{bucket}/{key}")
+            if isinstance(mapped, SourceGoneError):
+                return False
+            raise mapped from err
+        except (BotoCoreError, OSError) as err:
+            raise map_error(err, f"DeleteObject s3://{bucket}/{key}") from err
         return True
 
 

@@ -5,11 +5,20 @@
 #
 # OUT_DIR receives the core (dinoembed/) with the AWS adapter (dinoembed/handler/, from
 # handler/; no watcher code) and their dependencies
-# as wheels for the Lambda platform: CPython 3.12 on x86_64, whatever
-# machine runs the build. With DINOEMBED_BUNDLE_MODEL=/path/model.onnx the model file is
-# copied to OUT_DIR/model/ (point DINOEMBED_MODEL_PATH at /var/task/model/<name>.onnx).
+# as wheels for the Lambda platform: CPython 3.12 on x86_64 (LAMBDA_ARCH=arm64: aarch64),
+# whatever machine runs the build.
+#
+# DINOEMBED_BUNDLE_MODEL=/path/model.onnx bundles a model: its sha256 is checked against
+# DINOEMBED_BUNDLE_SHA256 (default: the pinned DINOv2 ViT-S/14 digest when the file is
+# named dinov2_vits14.onnx; other files without one are recorded unchecked), a mismatch
+# stops the build, and it is copied to OUT_DIR/model/ with model/bundle.json, where the
+# function finds it with no setting. To fit Lambda's 250 MB, a bundled build leaves out
+# boto3, botocore, s3transfer and jmespath: the python3.12 runtime provides them.
 # Sources are staged in a temporary folder, so the checkout is never written to.
 set -euo pipefail
+
+PINNED_NAME=dinov2_vits14.onnx
+PINNED_SHA256=4df36ef0716a8f17d984fc7546a3a5d670fda6911eb298592250cb9e26756063
 
 out=${1:?usage: infra/build_lambda.sh OUT_DIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,11 +26,33 @@ python=${PYTHON:-python3}
 lambda_python=${LAMBDA_PYTHON:-3.12}
 # Lambda's python3.12 runtime is Amazon Linux 2023 (glibc 2.34): manylinux2014 (glibc 2.17)
 # and manylinux_2_28 wheels both run there (recent onnxruntime ships only the latter).
-platforms=${LAMBDA_PLATFORMS:-manylinux2014_x86_64 manylinux_2_28_x86_64}
+case "${LAMBDA_ARCH:-x86_64}" in
+    x86_64) machine=x86_64 ;;
+    arm64 | aarch64) machine=aarch64 ;;
+    *) echo "error: LAMBDA_ARCH must be x86_64 or arm64, not ${LAMBDA_ARCH}" >&2; exit 2 ;;
+esac
+platforms=${LAMBDA_PLATFORMS:-manylinux2014_$machine manylinux_2_28_$machine}
 platform_args=()
 for platform in $platforms; do
     platform_args+=(--platform "$platform")
 done
+
+bundle=${DINOEMBED_BUNDLE_MODEL:-}
+if [ -n "$bundle" ]; then
+    # Checked before anything is built: a wrong model fails fast.
+    [ -f "$bundle" ] || { echo "error: DINOEMBED_BUNDLE_MODEL=$bundle is not a file" >&2; exit 1; }
+    expected=${DINOEMBED_BUNDLE_SHA256:-}
+    if [ -z "$expected" ] && [ "$(basename "$bundle")" = "$PINNED_NAME" ]; then
+        expected=$PINNED_SHA256
+    fi
+    actual=$(sha256sum "$bundle" | cut -d' ' -f1)
+    if [ -n "$expected" ] && [ "$actual" != "$expected" ]; then
+        echo "error: $bundle has sha256 $actual, expected $expected" \
+            "(set DINOEMBED_BUNDLE_SHA256 for another model)" >&2
+        exit 1
+    fi
+    [ -n "$expected" ] || echo "warning: no DINOEMBED_BUNDLE_SHA256 for $bundle; recording $actual"
+fi
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -46,12 +77,22 @@ wheel=$(ls "$stage"/wheel/dinoembed-*.whl)
 
 # What the function never imports: console scripts, bytecode (recompiled on Lambda), the
 # libraries' own test suites, and ONNX Runtime's model-conversion tools.
+# libonnxruntime.so is ONNX Runtime's C API library (34 MB); the Python binding
+# (onnxruntime_pybind11_state*.so) is self-contained and does not load it (readelf -d).
 rm -rf "$out/bin" "$out"/onnxruntime/{transformers,quantization,tools}
+rm -f "$out"/onnxruntime/capi/libonnxruntime.so*
 find "$out" \( -name __pycache__ -o -name tests \) -type d -prune -exec rm -rf {} +
 
-if [ -n "${DINOEMBED_BUNDLE_MODEL:-}" ]; then
+if [ -n "$bundle" ]; then
+    # The python3.12 runtime puts its own boto3/botocore on sys.path after the package.
+    rm -rf "$out"/{boto3,botocore,s3transfer,jmespath} "$out"/{boto3,botocore,s3transfer,jmespath}-*.dist-info
+    rm -rf "$out/model"
     mkdir -p "$out/model"
-    cp "$DINOEMBED_BUNDLE_MODEL" "$out/model/"
+    name=$(basename "$bundle")
+    cp "$bundle" "$out/model/$name"
+    size=$(stat -c %s "$bundle")
+    printf '{"file": "%s", "sha256": "%s", "size": %s}\n' "$name" "$actual" "$size" \
+        >"$out/model/bundle.json"
 fi
 
 # Lambda refuses zip packages above 250 MB unzipped (the container image allows 10 GB).

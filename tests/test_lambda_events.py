@@ -37,19 +37,40 @@ def test_direct_s3_put_decodes_plus_as_space() -> None:
     assert inv.refs[0].uri == f"s3://{BUCKET}/photos/red flower.jpg"
 
 
-def test_multi_record_event_keeps_order_and_ignores_removals() -> None:
+def test_multi_record_event_keeps_order_and_marks_removals() -> None:
     # GIVEN a notification with several records, one of them an ObjectRemoved event
     inv = normalise(load_event("s3_put_multi.json"))
-    # THEN every ObjectCreated key is decoded (the handler filters non-images later)
-    assert [ref.key for ref in inv.refs] == [
-        "photos/cat.jpg",
-        "photos/a+b.png",
-        "photos/café été.jpeg",
-        "photos/UPPER.JPG",
-        "photos/notes.txt",
-        "photos/cat.jpg.dinov2.json",
+    # THEN every key is decoded, in order (the handler filters non-images later)
+    assert [(ref.key, ref.action) for ref in inv.refs] == [
+        ("photos/cat.jpg", "embed"),
+        ("photos/a+b.png", "embed"),
+        ("photos/café été.jpeg", "embed"),
+        ("photos/UPPER.JPG", "embed"),
+        ("photos/notes.txt", "embed"),
+        ("photos/cat.jpg.dinov2.json", "embed"),
+        ("photos/old.jpg", "delete"),
     ]
-    assert inv.ignored == 1
+    assert inv.ignored == 0
+    assert [ref.key for ref in inv.deleted] == ["photos/old.jpg"]
+    assert len(inv.to_embed) == 6
+
+
+@pytest.mark.parametrize(
+    "event_name", ["ObjectRemoved:Delete", "ObjectRemoved:DeleteMarkerCreated"]
+)
+def test_s3_removals_name_objects_to_delete(event_name: str) -> None:
+    record = load_event("s3_put.json")
+    record["Records"][0]["eventName"] = event_name
+    (ref,) = normalise(record).refs
+    assert (ref.key, ref.action) == ("photos/red flower.jpg", "delete")
+
+
+@pytest.mark.parametrize("event_name", ["ObjectRestore:Completed", "LifecycleTransition", ""])
+def test_other_s3_records_are_ignored(event_name: str) -> None:
+    record = load_event("s3_put.json")
+    record["Records"][0]["eventName"] = event_name
+    inv = normalise(record)
+    assert (inv.refs, inv.ignored) == ([], 1)
 
 
 @pytest.mark.parametrize(
@@ -115,9 +136,28 @@ def test_eventbridge_object_created() -> None:
     ]
 
 
-def test_eventbridge_other_detail_types_are_ignored() -> None:
+def test_eventbridge_object_deleted() -> None:
+    inv = normalise(load_event("eventbridge_object_deleted.json"))
+    assert inv.kind == "eventbridge"
+    assert inv.refs == [ObjectRef(bucket=BUCKET, key="photos/IMG_0001.HEIC", action="delete")]
+
+
+def test_eventbridge_deleted_inside_sqs_keeps_its_message_id() -> None:
+    event = load_event("sqs_batch.json")
+    event["Records"] = [event["Records"][0]]
+    event["Records"][0]["body"] = json.dumps(load_event("eventbridge_object_deleted.json"))
+    (ref,) = normalise(event).refs
+    assert (ref.key, ref.action, ref.message_id) == (
+        "photos/IMG_0001.HEIC",
+        "delete",
+        event["Records"][0]["messageId"],
+    )
+
+
+@pytest.mark.parametrize("detail_type", ["Object Restore Completed", "Object Tags Added"])
+def test_eventbridge_other_detail_types_are_ignored(detail_type: str) -> None:
     event = load_event("eventbridge_object_created.json")
-    event["detail-type"] = "Object Deleted"
+    event["detail-type"] = detail_type
     inv = normalise(event)
     assert (inv.kind, inv.refs, inv.ignored) == ("eventbridge", [], 1)
 

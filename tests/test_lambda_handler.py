@@ -105,7 +105,7 @@ def test_direct_put_writes_the_same_embedding_as_the_cli(
     # WHEN the function is invoked
     response = invoke(stamp(load_event("s3_put.json"), s3))
     # THEN the sidecar sits beside the image, as JSON, naming the decoded key and the source
-    assert response == {"kind": "s3", "embedded": 1, "errors": 0, "skipped": 0}
+    assert response == {"kind": "s3", "embedded": 1, "errors": 0, "skipped": 0, "deleted": 0}
     sidecar = read_sidecar(s3, "photos/red flower.jpg")
     sidecar_head = s3.head_object(Bucket=BUCKET, Key="photos/red flower.jpg" + SUFFIX)
     assert sidecar_head["ContentType"] == "application/json"
@@ -208,7 +208,7 @@ def test_direct_invocations_raise_on_transient_errors(
 def test_missing_object_is_skipped_not_failed(s3: S3Client) -> None:
     # GIVEN a notification for an object deleted before we got to it
     response = invoke(load_event("s3_put.json"))
-    assert response == {"kind": "s3", "embedded": 0, "errors": 0, "skipped": 1}
+    assert response == {"kind": "s3", "embedded": 0, "errors": 0, "skipped": 1, "deleted": 0}
     assert sidecar_keys(s3) == []
 
 
@@ -317,7 +317,7 @@ def test_concurrent_writer_wins_the_race_and_we_call_it_done(
     response = invoke(stamp(load_event("s3_put.json"), s3))
     # THEN S3 refuses it, the rival's sidecar stays, and the record counts as done
     assert raced == [True]
-    assert response == {"kind": "s3", "embedded": 0, "errors": 0, "skipped": 1}
+    assert response == {"kind": "s3", "embedded": 0, "errors": 0, "skipped": 1, "deleted": 0}
     assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == rival
 
 
@@ -402,6 +402,6 @@ def test_one_json_log_line_per_image_and_emf_metrics(
 @pytest.mark.usefixtures("lam")
 def test_s3_test_event_is_acknowledged_without_loading_the_model(s3: S3Client) -> None:
     response = invoke(load_event("s3_test_event.json"))
-    assert response == {"kind": "test", "embedded": 0, "errors": 0, "skipped": 0}
+    assert response == {"kind": "test", "embedded": 0, "errors": 0, "skipped": 0, "deleted": 0}
     assert app.runtime().model_loads == 0
     assert sidecar_keys(s3) == []

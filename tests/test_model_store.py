@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from moto import mock_aws
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
 from dinoembed.fetchers import HttpFetcher
 from dinoembed.handler.model_fetch import fetchers_with_s3
-from dinoembed.model_store import HashingWriter, ModelSource, ModelStore
+from dinoembed.model_store import HashingWriter, ModelSource, ModelStore, find_bundled
 from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, Settings
 from tests.helpers import tmpfs
 from tests.model_server import Script, serve
@@ -283,3 +284,60 @@ def test_downloaded_model_is_not_rehashed_on_later_starts(
         monkeypatch.setattr(model_store, "sha256_file", counting)
         again = _store(tmp_path).resolve(_source(url))
     assert again.origin == "cache" and hashed == []
+
+
+def bundle(folder: Path, model: Path, *, size: int | None = None) -> Path:
+    """A package's model/ folder as infra/build_lambda.sh writes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model, folder / model.name)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    real = model.stat().st_size if size is None else size
+    manifest = {"file": model.name, "sha256": digest, "size": real}
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_a_bundled_model_comes_before_the_cache_and_any_download(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    # GIVEN a bundle folder, and a model URL nothing answers
+    folder = bundle(tmp_path / "model", tiny_model)
+    settings = Settings(bundle_dir=folder, model_url="http://127.0.0.1:9/never.onnx")
+    store = ModelStore(tmp_path / "cache")
+    # WHEN resolved THEN it is the bundled file, with the digest recorded at build time
+    resolved = store.resolve(ModelSource.from_settings(settings))
+    assert resolved.origin == "bundled"
+    assert resolved.path == folder / tiny_model.name
+    assert resolved.sha256 == hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_an_explicit_model_path_beats_the_bundle(tmp_path: Path, tiny_model: Path) -> None:
+    folder = bundle(tmp_path / "model", tiny_model)
+    other = tmp_path / "other.onnx"
+    shutil.copy(tiny_model, other)
+    settings = Settings(bundle_dir=folder, model_path=other)
+    resolved = ModelStore(tmp_path / "cache").resolve(ModelSource.from_settings(settings))
+    assert (resolved.origin, resolved.path) == ("path", other)
+
+
+def test_no_bundle_folder_means_no_bundled_model(tmp_path: Path) -> None:
+    assert find_bundled(tmp_path / "absent") is None
+    assert find_bundled(tmp_path) is None
+
+
+def test_a_bundle_whose_file_does_not_match_its_manifest_is_refused(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    folder = bundle(tmp_path / "model", tiny_model, size=tiny_model.stat().st_size + 1)
+    with pytest.raises(ModelIntegrityError, match="bytes, expected"):
+        find_bundled(folder)
+
+
+def test_an_explicit_sha256_that_the_bundle_does_not_have_is_refused(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    folder = bundle(tmp_path / "model", tiny_model)
+    settings = Settings(bundle_dir=folder, model_sha256="ab" * 32)
+    with pytest.raises(ModelIntegrityError, match="DINOEMBED_MODEL_SHA256 asks for abab"):
+        ModelStore(tmp_path / "cache").resolve(ModelSource.from_settings(settings))

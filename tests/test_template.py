@@ -145,14 +145,28 @@ def test_deployed_iam_has_no_wildcard_s3_actions_or_resources(deployed: dict[str
 
 
 @needs_sam
-def test_deployed_role_puts_only_sidecars(deployed: dict[str, Any]) -> None:
-    statements = iam_statements(deployed["Resources"])
-    puts = [s for s in statements if "s3:PutObject" in as_list(s["Action"])]
-    assert len(puts) == 1
-    assert puts[0]["Resource"] == {
+@pytest.mark.parametrize("action", ["s3:PutObject", "s3:DeleteObject"])
+def test_deployed_role_writes_and_deletes_only_sidecars(
+    deployed: dict[str, Any], action: str
+) -> None:
+    # the function's role, as SAM generates it (the batch job's role writes its reports)
+    statements = iam_statements(deployed["Resources"]["EmbedFunctionRole"])
+    granting = [s for s in statements if action in as_list(s["Action"])]
+    assert len(granting) == 1
+    assert granting[0]["Effect"] == "Allow"
+    assert granting[0]["Resource"] == {
         "Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/*${OutputSuffix}"
     }
-    assert as_list(puts[0]["Action"]) == ["s3:PutObject"]
+    assert as_list(granting[0]["Action"]) == [action]
+    # AND nothing grants object deletion otherwise (no s3:Delete* or version deletes)
+    deletes = [
+        a
+        for s in statements
+        if s["Effect"] == "Allow"
+        for a in as_list(s["Action"])
+        if str(a).startswith("s3:Delete")
+    ]
+    assert deletes == ["s3:DeleteObject"]
 
 
 def test_model_object_is_readable_only_when_the_model_comes_from_s3(
@@ -195,7 +209,10 @@ def test_function_runtime_memory_and_handler(
     props = resources["EmbedFunction"]["Properties"]
     glob = template["Globals"]["Function"]
     assert glob["Runtime"] in ("python3.12", "python3.13")
-    assert glob["Architectures"] == ["x86_64"]
+    assert glob["Architectures"] == [{"Ref": "Architecture"}]
+    architecture = template["Parameters"]["Architecture"]
+    assert architecture["Default"] == "x86_64"
+    assert sorted(architecture["AllowedValues"]) == ["arm64", "x86_64"]
     assert template["Parameters"]["MemorySize"]["MinValue"] >= 2048
     assert template["Parameters"]["MemorySize"]["Default"] >= 2048
     assert props["EphemeralStorage"]["Size"] >= 512
@@ -209,31 +226,136 @@ def test_function_runtime_memory_and_handler(
     assert (ROOT / metadata["ContextPath"] / "Makefile").is_file()
 
 
-def test_notification_filters_are_image_suffixes_that_never_match_json(
+def matches(pattern: Any, event: Any) -> bool:
+    """EventBridge's pattern matching, for the operators this template may use.
+
+    Written here from EventBridge's documentation, independently of the template, so
+    the test checks what the rule does rather than what it says. Every field of the
+    pattern must match; a leaf is a list of alternatives, each an exact value or one of
+    ``{"prefix"|"suffix"|"equals-ignore-case": ...}`` (``prefix``/``suffix`` may be
+    ``{"equals-ignore-case": ...}``). Anything else fails the test, so a new operator in
+    the template needs teaching here first.
+    """
+    if isinstance(pattern, dict):
+        return isinstance(event, dict) and all(
+            name in event and matches(sub, event[name]) for name, sub in pattern.items()
+        )
+    assert isinstance(pattern, list), f"a pattern leaf must be a list: {pattern!r}"
+    return any(_leaf_matches(alternative, event) for alternative in pattern)
+
+
+def _leaf_matches(alternative: Any, value: Any) -> bool:
+    if isinstance(alternative, str | int | float | bool):
+        return alternative == value
+    ((operator, operand),) = alternative.items()
+    if not isinstance(value, str):
+        return False
+    if operator == "equals-ignore-case":
+        return value.lower() == str(operand).lower()
+    assert operator in ("prefix", "suffix"), f"operator not modelled by this test: {operator}"
+    fold = isinstance(operand, dict)
+    if fold:
+        ((how, operand),) = operand.items()
+        assert how == "equals-ignore-case", f"modifier not modelled by this test: {how}"
+    text, affix = (value.lower(), operand.lower()) if fold else (value, operand)
+    return text.endswith(affix) if operator == "suffix" else text.startswith(affix)
+
+
+def case_variants(ext: str) -> list[str]:
+    """Every upper/lower spelling of an extension: ``.jpg`` -> ``.jpg .jpG ... .JPG``."""
+    spellings = [""]
+    for char in ext:
+        spellings = [s + c for s in spellings for c in {char.lower(), char.upper()}]
+    return sorted(spellings)
+
+
+def s3_event(detail_type: str, key: str, bucket: str = "example-bucket") -> dict[str, Any]:
+    """An EventBridge event from S3 (the fixture's shape) for ``key``."""
+    from tests.test_lambda_support import load_event
+
+    event = load_event("eventbridge_object_created.json")
+    event["detail-type"] = detail_type
+    event["detail"]["bucket"]["name"] = bucket
+    event["detail"]["object"]["key"] = key
+    return event
+
+
+def resolved_rule_pattern(resources: dict[str, Any]) -> dict[str, Any]:
+    """The rule's pattern with the bucket name parameter set to ``example-bucket``."""
+    pattern = json.loads(json.dumps(resources["ImageEventsRule"]["Properties"]["EventPattern"]))
+    assert pattern["detail"]["bucket"]["name"] == [{"Ref": "BucketName"}]
+    pattern["detail"]["bucket"]["name"] = ["example-bucket"]
+    return dict(pattern)
+
+
+def test_the_matcher_itself_tells_cases_apart() -> None:
+    # The independent matcher must be able to say no, or the routing tests prove nothing.
+    assert matches({"k": [{"suffix": ".jpg"}]}, {"k": "a.jpg"})
+    assert not matches({"k": [{"suffix": ".jpg"}]}, {"k": "a.JPG"})
+    assert matches({"k": [{"suffix": {"equals-ignore-case": ".jpg"}}]}, {"k": "a.JpG"})
+    assert not matches({"k": [{"suffix": {"equals-ignore-case": ".jpg"}}]}, {"k": "a.jpg.json"})
+    assert not matches({"k": ["x"], "j": ["y"]}, {"k": "x"})
+    assert case_variants(".jpg") == sorted(
+        {".jpg", ".jpG", ".jPg", ".jPG", ".Jpg", ".JpG", ".JPg", ".JPG"}
+    )
+
+
+@pytest.mark.parametrize("ext", sorted(IMAGE_EXTENSIONS))
+@pytest.mark.parametrize("detail_type", ["Object Created", "Object Deleted"])
+def test_every_image_extension_in_every_letter_case_is_routed(
+    resources: dict[str, Any], ext: str, detail_type: str
+) -> None:
+    pattern = resolved_rule_pattern(resources)
+    for spelling in case_variants(ext):
+        key = f"photos/IMG_0001{spelling}"
+        assert matches(pattern, s3_event(detail_type, key)), key
+
+
+@pytest.mark.parametrize("ext", sorted(IMAGE_EXTENSIONS))
+def test_sidecars_and_other_keys_are_never_routed(resources: dict[str, Any], ext: str) -> None:
+    pattern = resolved_rule_pattern(resources)
+    for spelling in case_variants(ext):
+        for detail_type in ("Object Created", "Object Deleted"):
+            sidecar = f"photos/IMG_0001{spelling}{DEFAULT_OUTPUT_SUFFIX}"
+            assert not matches(pattern, s3_event(detail_type, sidecar)), sidecar
+    for key in ("notes.txt", "photo.jpg.part", "photos/jpg", "archive.tar.gz"):
+        assert not matches(pattern, s3_event("Object Created", key)), key
+    # nor events of another bucket, nor S3 event types other than created / deleted
+    assert not matches(pattern, s3_event("Object Created", "a.jpg", bucket="other-bucket"))
+    assert not matches(pattern, s3_event("Object Restore Completed", "a.jpg"))
+
+
+def test_output_suffix_parameter_can_never_match_an_image_extension(
+    template: dict[str, Any],
+) -> None:
+    import re
+
+    allowed = re.compile(template["Parameters"]["OutputSuffix"]["AllowedPattern"])
+    assert allowed.fullmatch(DEFAULT_OUTPUT_SUFFIX)
+    assert not allowed.fullmatch(".dinov2.jpg") and not allowed.fullmatch(".JPG")
+    assert all(not ext.endswith(".json") for ext in IMAGE_EXTENSIONS)
+
+
+def test_bucket_sends_its_events_to_eventbridge_and_the_rule_to_the_queue(
     resources: dict[str, Any],
 ) -> None:
-    configs = resources["ImagesBucket"]["Properties"]["NotificationConfiguration"][
-        "QueueConfigurations"
-    ]
-    suffixes = []
-    for config in configs:
-        assert config["Event"] == "s3:ObjectCreated:*"
-        assert config["Queue"] == {"Fn::GetAtt": ["ImageEventsQueue", "Arn"]}
-        (rule,) = config["Filter"]["S3Key"]["Rules"]
-        assert rule["Name"] == "suffix"
-        suffixes.append(rule["Value"])
-    assert len(set(suffixes)) == len(suffixes)
-    for suffix in suffixes:
-        assert suffix.lower() in IMAGE_EXTENSIONS
-        assert not DEFAULT_OUTPUT_SUFFIX.endswith(suffix) and not suffix.endswith(".json")
-    for ext in (".jpg", ".jpeg", ".png", ".webp"):
-        assert ext in suffixes and ext.upper() in suffixes
+    notifications = resources["ImagesBucket"]["Properties"]["NotificationConfiguration"]
+    # EventBridge only: a direct S3 -> SQS configuration would deliver a second copy
+    assert notifications == {"EventBridgeConfiguration": {"EventBridgeEnabled": True}}
+    (target,) = resources["ImageEventsRule"]["Properties"]["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": ["ImageEventsQueue", "Arn"]}
+    (statement,) = resources["ImageEventsQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ImageEventsRule", "Arn"]}}
+    }
 
 
 def test_no_circular_dependency_between_bucket_queue_and_function(
     resources: dict[str, Any],
 ) -> None:
-    # The bucket depends on the queue policy; nothing may refer back to the bucket resource.
+    # The rule and the policies name the bucket by its parameter; nothing refers to the resource.
     refs_to_bucket = [
         name
         for name, resource in resources.items()
@@ -254,6 +376,61 @@ def test_parameters_default_to_the_core_settings(template: dict[str, Any]) -> No
     assert env["DINOEMBED_MODEL_URL"] == {"Ref": "ModelUrl"}
     assert env["DINOEMBED_MODEL_SHA256"] == {"Ref": "ModelSha256"}
     assert env["DINOEMBED_OUTPUT_SUFFIX"] == {"Ref": "OutputSuffix"}
+
+
+def test_batch_operations_role_invokes_only_the_function_and_touches_only_its_prefix(
+    resources: dict[str, Any], template: dict[str, Any]
+) -> None:
+    role = resources["BatchOperationsRole"]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "batchoperations.s3.amazonaws.com"}
+    assert trust["Action"] == "sts:AssumeRole"
+    (policy,) = role["Policies"]
+    statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    assert all(s["Effect"] == "Allow" for s in statements.values())
+    invoke = statements["InvokeTheEmbeddingFunction"]
+    assert invoke["Action"] == "lambda:InvokeFunction"
+    assert invoke["Resource"][0] == {"Fn::GetAtt": ["EmbedFunction", "Arn"]}
+    prefix = {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}/${BatchOperationsPrefix}*"}
+    assert statements["ReadTheManifest"]["Resource"] == prefix
+    assert statements["WriteTheCompletionReport"]["Resource"] == prefix
+    assert as_list(statements["WriteTheCompletionReport"]["Action"]) == ["s3:PutObject"]
+    # The report prefix holds CSV/JSON reports: never image keys, so never routed.
+    assert template["Parameters"]["BatchOperationsPrefix"]["Default"].endswith("/")
+    outputs = template["Outputs"]
+    assert outputs["BatchOperationsRoleArn"]["Value"] == {
+        "Fn::GetAtt": ["BatchOperationsRole", "Arn"]
+    }
+    assert outputs["FunctionArn"]["Value"] == {"Fn::GetAtt": ["EmbedFunction", "Arn"]}
+
+
+def test_dead_letter_queue_alarm_fires_on_the_first_message(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    alarm = resources["DeadLetterQueueAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["ImageEventsDeadLetterQueue", "QueueName"]}}
+    ]
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert alarm["TreatMissingData"] == "notBreaching"  # an empty queue publishes no data
+    # notifications only when a topic is given
+    for actions in (alarm["AlarmActions"], alarm["OKActions"]):
+        assert actions == {
+            "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]
+        }
+    assert template["Parameters"]["AlarmTopicArn"]["Default"] == ""
+    assert template["Conditions"]["HasAlarmTopic"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]
+    }
+    import re
+
+    allowed = re.compile(template["Parameters"]["AlarmTopicArn"]["AllowedPattern"])
+    assert allowed.fullmatch("") and allowed.fullmatch("arn:aws:sns:us-east-1:123456789012:ops")
+    assert not allowed.fullmatch("ops-topic")
 
 
 def test_outputs_name_the_bucket_and_the_queue(template: dict[str, Any]) -> None:

@@ -1,0 +1,151 @@
+"""Lambda cold start from a built package with a bundled model, against the floor.
+
+Usage: python -m benchmarks.lambda_bundled ARTIFACT [--reps N] [--python PY312]
+
+ARTIFACT is a package built with ``DINOEMBED_BUNDLE_MODEL=... infra/build_lambda.sh``.
+Each repetition starts a fresh Python 3.12 (the Lambda runtime's version) with only the
+package (and a runtime-like boto3 after it) on its path, as Lambda does, and times:
+
+- ``cold``: process start -> the handler's response to one S3 event for one JPEG
+  (imports, settings, the bundled model found and loaded, one image embedded, the
+  sidecar written to a local moto server);
+- ``floor``: process start -> one inference: import onnxruntime, numpy and Pillow from
+  the same package, create the session on the bundled model, run once
+  (benchmarks/floor.py); nothing a real tool could skip.
+
+Prints one JSON object with the medians and every sample, in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+from moto.server import ThreadedMotoServer
+from PIL import Image
+
+FLOOR = Path(__file__).with_name("floor.py")
+COLD = """
+import json, sys
+artifact, runtime, event = sys.argv[1:4]
+sys.path.insert(0, artifact)
+sys.path.append(runtime)
+from dinoembed.handler.app import lambda_handler
+print(json.dumps(lambda_handler(json.load(open(event)), None)), flush=True)
+"""
+FLOOR_RUNNER = """
+import runpy, sys
+artifact, floor, model = sys.argv[1:4]
+sys.path.insert(0, artifact)
+sys.argv = [floor, model]
+runpy.run_path(floor, run_name="__main__")
+"""
+RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3")
+
+
+def runtime_dir(where: Path) -> Path:
+    """boto3 and its pure-Python dependencies, as Lambda's /var/runtime provides them."""
+    site = Path(boto3.__file__).parent.parent
+    runtime = where / "var-runtime"
+    runtime.mkdir()
+    for name in RUNTIME_PACKAGES:
+        source = site / name
+        if source.is_dir():
+            shutil.copytree(source, runtime / name)
+        else:
+            shutil.copy2(source, runtime / name)
+    return runtime
+
+
+def timed(command: list[str], env: dict[str, str], expect: str) -> float:
+    """Seconds from process start to exit; the run must have printed ``expect``."""
+    start = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0 or expect not in proc.stdout:
+        raise RuntimeError(proc.stdout[-1000:] + proc.stderr[-2000:])
+    return seconds
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--python", default=shutil.which("python3.12") or "python3.12")
+    args = parser.parse_args(argv)
+    manifest = json.loads((args.artifact / "model" / "bundle.json").read_text())
+    model = args.artifact / "model" / manifest["file"]
+    from skimage import data
+
+    jpeg = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(jpeg, "JPEG", quality=90)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    samples: dict[str, list[float]] = {"cold": [], "floor": []}
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket="bench")
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            runtime = runtime_dir(work)
+            for rep in range(args.reps):
+                key = f"cold/{rep}.jpg"
+                etag = s3.put_object(Bucket="bench", Key=key, Body=jpeg.getvalue())["ETag"]
+                record = {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {
+                        "bucket": {"name": "bench"},
+                        "object": {"key": key, "size": jpeg.tell(), "eTag": etag.strip('"')},
+                    },
+                }
+                event = work / f"event-{rep}.json"
+                event.write_text(json.dumps({"Records": [record]}))
+                env = {
+                    "PATH": "/usr/bin:/bin",
+                    "HOME": str(work),
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_ACCESS_KEY_ID": "testing",
+                    "AWS_SECRET_ACCESS_KEY": "testing",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_LAMBDA_FUNCTION_NAME": "dinoembed-bench",
+                    "DINOEMBED_CACHE_DIR": str(work / f"cache-{rep}"),  # a fresh /tmp each time
+                    "POWERTOOLS_LOG_LEVEL": "WARNING",
+                }
+                python = [args.python, "-I", "-S", "-c"]
+                cold = [*python, COLD, str(args.artifact), str(runtime), str(event)]
+                samples["cold"].append(timed(cold, env, '"embedded": 1'))
+                floor = [*python, FLOOR_RUNNER, str(args.artifact), str(FLOOR), str(model)]
+                samples["floor"].append(timed(floor, env, "(1, 384)"))
+    finally:
+        server.stop()
+    report = {
+        "model": manifest["file"],
+        "model_bytes": manifest["size"],
+        "cold_s": round(statistics.median(samples["cold"]), 3),
+        "floor_s": round(statistics.median(samples["floor"]), 3),
+        "samples": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
+    }
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
