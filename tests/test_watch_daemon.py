@@ -9,6 +9,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from tests.test_watch_support import (
     has_sidecar,
     noise_png,
     result_of,
+    run_once,
     running,
     save_photo,
     sidecar_of,
@@ -513,3 +515,74 @@ def test_periodic_rescan_finds_files_no_event_announced(
         image = save_photo(photos["rocket"], root / "quiet.jpg")
         # THEN the rescan finds and embeds it
         assert wait_for(has_sidecar(image))
+
+
+def _copy_sidecars_first(source: Path, dest: Path) -> None:
+    """The worst order for a copier: every sidecar lands well before its image."""
+    dest.mkdir()
+    for sidecar in sorted(source.glob("*.dinov2.json")):
+        shutil.copy2(sidecar, dest / sidecar.name)
+    time.sleep(1.0)  # longer than the settle time: a scan or the worker could act meanwhile
+    for image in sorted(source.glob("*.jpg")):
+        shutil.copy2(image, dest / image.name)
+
+
+def _copytree(source: Path, dest: Path) -> None:
+    shutil.copytree(source, dest, copy_function=shutil.copy2)  # what `cp -rp` does
+
+
+@pytest.mark.parametrize(
+    "copy", [_copytree, _copy_sidecars_first], ids=["copytree", "sidecars-1st"]
+)
+def test_copying_embedded_images_with_sidecars_in_reembeds_and_deletes_nothing(
+    root: Path,
+    tmp_path: Path,
+    tiny_model: Path,
+    embedder: Pipeline,
+    photos: dict[str, Image.Image],
+    caplog: pytest.LogCaptureFixture,
+    copy: Callable[[Path, Path], None],
+) -> None:
+    caplog.set_level(logging.INFO, logger="dinoembed.watcher")
+    # GIVEN a collection outside the watched folder, embedded with sidecars
+    coll = tmp_path / "coll"
+    names = [f"{name}{k}" for k in range(4) for name in ("rocket", "coffee", "chelsea")]
+    for n, name in enumerate(names):
+        save_photo(photos[name.rstrip("0123456789")], coll / f"{name}.jpg", size=64 + n)
+    run_once(watch_settings(tiny_model), coll, embedder)
+    originals = {name: result_of(coll / f"{name}.jpg") for name in names}
+    assert all(r is not None and r.ok for r in originals.values())
+    caplog.clear()
+    # WHEN it is copied, sidecars and mtimes included, into the watched folder
+    copies = [root / "copy" / f"{name}.jpg" for name in names]
+
+    def repointed() -> bool:
+        return all((r := result_of(p)) is not None and r.file_path == str(p) for p in copies)
+
+    with running(watch_settings(tiny_model), root, embedder) as daemon:
+        copy(coll, root / "copy")
+        assert wait_for(repointed)
+        time.sleep(1.0)  # room for a (wrong) re-embedding or deletion
+        assert daemon.worker is not None
+        stats = daemon.worker.stats
+        counts = (stats.embedded, stats.errors, stats.removed, stats.skipped)
+        totals = daemon.totals()
+    # THEN nothing was embedded again and no sidecar deleted, here or in the source
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "sidecar removed" in m or " success " in m]
+    assert counts == (0, 0, 0, len(names))  # files: each copy once, as up to date
+    assert (totals["embedded"], totals["removed"], totals["current"]) == (0, 0, len(names))
+    final = [m for m in messages if m.startswith("stopped: ")]
+    assert final[-1].startswith(
+        f"stopped: 0 embedded, 0 errors, {len(names)} up to date, 0 sidecars removed"
+    )
+    # and each copy's sidecar names the copy, with the original's embedding
+    for name, image in zip(names, copies, strict=True):
+        result, original = result_of(image), originals[name]
+        assert result is not None and original is not None and result.embedding is not None
+        assert result.file_path == str(image)
+        assert original.embedding is not None
+        assert result.embedding.embedding == original.embedding.embedding
+        assert result.source == original.source
+        assert result_of(coll / f"{name}.jpg") == original
+    assert stray_files(root) == []

@@ -56,6 +56,26 @@ def test_queue_keeps_each_path_once_and_merges_what_it_learns(tmp_path: Path) ->
     assert len(queue) == 0
 
 
+@pytest.mark.parametrize(
+    ("touches", "deleted", "sidecar_only"),
+    [
+        ([Touch.CREATED, Touch.DELETED], True, False),
+        ([Touch.DELETED, Touch.CREATED], False, False),  # deleted, then made again
+        ([Touch.DELETED, Touch.SIDECAR], True, False),  # a sidecar event says nothing of it
+        ([Touch.SIDECAR], False, True),  # only its sidecar came: not a deleted image
+        ([Touch.SIDECAR, Touch.CLOSED], False, False),
+    ],
+)
+def test_queue_remembers_whether_the_image_itself_was_deleted(
+    tmp_path: Path, touches: list[Touch], deleted: bool, sidecar_only: bool
+) -> None:
+    queue = WorkQueue(capacity=10)
+    for touch in touches:
+        queue.put(tmp_path / "a.jpg", touch)
+    [entry] = queue.take_ready(10, ready)
+    assert (entry.deleted, entry.sidecar_only) == (deleted, sidecar_only)
+
+
 def test_waiting_paths_do_not_hold_up_ready_ones(tmp_path: Path) -> None:
     queue = WorkQueue(capacity=10)
     for name in ("busy.jpg", "done1.jpg", "done2.jpg", "done3.jpg"):

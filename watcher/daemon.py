@@ -103,6 +103,7 @@ class WatchDaemon:
         self._scan_lock = threading.Lock()
         self._scan_requests: list[Path] = []
         self._scanned_current = 0  # images scans found up to date (the worker counts its own)
+        self._scanned_removed = 0  # orphaned sidecars scans removed (the worker counts its own)
         self._initial = ScanReport()
         self.worker: Worker | None = None
         self.exit_code = 0
@@ -185,6 +186,7 @@ class WatchDaemon:
             parts.worker.success_level = logging.DEBUG
         self._initial = parts.scanner.scan(self.root)
         self._scanned_current += _log_scan(self._initial, "initial scan")
+        self._scanned_removed += self._initial.orphans_removed
         self.ready.set()
         if once:
             self._wait_idle(parts.worker)
@@ -217,13 +219,16 @@ class WatchDaemon:
                     self._scanned_current += _log_scan(
                         report, f"new folder {folder}", logging.DEBUG
                     )
+                    self._scanned_removed += report.orphans_removed
             now = time.monotonic()
             lost = queue.pop_overflowed() or self._lost_events.is_set()
             if lost or (rescan_every > 0 and now >= next_rescan):
                 self._lost_events.clear()
                 if lost:
                     log.warning("events were lost (queue overflow); rescanning %s", self.root)
-                _log_scan(scanner.scan(self.root), "rescan")  # finds the same images again
+                report = scanner.scan(self.root)
+                _log_scan(report, "rescan")  # its up-to-date images were counted before
+                self._scanned_removed += report.orphans_removed
                 next_rescan = time.monotonic() + rescan_every
             if now >= next_summary:
                 self._summary(worker, queue)
@@ -243,7 +248,7 @@ class WatchDaemon:
             "errors": stats.errors,
             "failed": stats.write_failures + len(stats.retrying),
             "not_written": stats.write_failures,
-            "removed": stats.removed + self._initial.orphans_removed,
+            "removed": stats.removed + self._scanned_removed,
         }
 
     def _pop_scan_requests(self) -> list[Path]:
@@ -264,7 +269,7 @@ class WatchDaemon:
             stats.embedded,
             stats.errors,
             stats.skipped + self._scanned_current,
-            stats.removed,
+            stats.removed + self._scanned_removed,
             stats.write_failures,
             len(stats.retrying),
             (done - done_before) / max(now - since, 1e-9),

@@ -91,9 +91,17 @@ class EnqueueHandler(FileSystemEventHandler):
             self.queue.put(path, touch)
         elif touch is Touch.DELETED and is_sidecar(path.name, self.suffix):
             # A sidecar removed by hand: make it again (if its image is still there).
-            image = image_path(path, self.suffix)
-            if image is not None:
-                self.queue.put(image, Touch.CHANGED)
+            self._sidecar_touched(path, Touch.CHANGED)
+        elif touch in (Touch.CREATED, Touch.CLOSED) and is_sidecar(path.name, self.suffix):
+            # Written in place by someone else (ours are renamed into place): a copy.
+            # Its image may still be on its way: the worker points it at the image once
+            # both are there, and never treats it as an orphan.
+            self._sidecar_touched(path, Touch.SIDECAR)
+
+    def _sidecar_touched(self, sidecar: Path, touch: Touch) -> None:
+        image = image_path(sidecar, self.suffix)
+        if image is not None:
+            self.queue.put(image, touch)
 
     def _moved(self, src: Path, dest: Path) -> None:
         src_is_image = self._is_image(src)
@@ -101,6 +109,10 @@ class EnqueueHandler(FileSystemEventHandler):
             self.queue.put(dest, Touch.MOVED, moved_from=src if src_is_image else None)
         elif src_is_image:
             self.queue.put(src, Touch.DELETED)
+        elif is_sidecar(dest.name, self.suffix) and not is_temp_file(src.name):
+            # A sidecar renamed into place by another program (rsync, mv): not one of ours,
+            # which are renamed from our own temp files.
+            self._sidecar_touched(dest, Touch.SIDECAR)
 
     def _is_image(self, path: Path) -> bool:
         return looks_like_image(path, self.suffix) and not is_temp_file(path.name)

@@ -34,6 +34,7 @@ class Touch(enum.Enum):
     CLOSED = "closed"  # a writer closed it (inotify IN_CLOSE_WRITE)
     MOVED = "moved"  # renamed into place: complete, as renames are atomic
     CHANGED = "changed"  # attributes changed, or its sidecar vanished
+    SIDECAR = "sidecar"  # its sidecar was written by someone else (a copy): check its file_path
     DELETED = "deleted"
 
 
@@ -45,6 +46,8 @@ class Pending:
     last_event: float = NEVER  # monotonic time of the last event (NEVER for scans)
     awaiting_close: bool = False  # written to, and no close-write seen since
     moved_from: Path | None = None  # an image path this one was renamed from
+    deleted: bool = False  # the latest event said it is gone (only then is its sidecar removed)
+    sidecar_only: bool = True  # queued only because its sidecar was written by someone else
     signature: tuple[int, int] | None = None  # (size, mtime_ns) at the last check
     stable_since: float = NEVER  # monotonic time the signature was first seen
     next_check: float = NEVER  # do not stat again before this time
@@ -53,6 +56,12 @@ class Pending:
         if touch is not Touch.SCAN:
             self.last_event = now
             self.next_check = NEVER
+        if touch is Touch.DELETED:
+            self.deleted = True
+        elif touch is not Touch.SIDECAR:
+            self.deleted = False
+        if touch is not Touch.SIDECAR:
+            self.sidecar_only = False
         if touch is Touch.MODIFIED:
             self.awaiting_close = True
         elif touch in (Touch.CLOSED, Touch.MOVED, Touch.DELETED):

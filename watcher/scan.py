@@ -3,7 +3,10 @@
 A scan queues every image whose sidecar is not current (checked here, on the
 scanning thread, so an up-to-date tree costs no embedding work) and removes
 sidecars whose image is gone (deleted or renamed while the daemon was not
-running). Symlinked folders are not followed; symlinked files that resolve
+running). Only sidecars that were there before the scanner started can be orphans:
+one that appeared while watching may belong to a copy in progress (``cp -rp coll
+inbox/``) whose image follows, and an image deleted while watching is handled by its
+delete event. Symlinked folders are not followed; symlinked files that resolve
 outside the root are skipped. Sidecar temp files older than the scanner (left by
 a process killed between writing a sidecar and renaming it into place) are removed.
 """
@@ -90,13 +93,17 @@ class Scanner:
                     self._image(path, touch, report)
                 elif is_sidecar(path.name, suffix):
                     image = image_path(path, suffix)
-                    if image is not None:
+                    if image is not None and self._from_before(path):
                         report.orphans_removed += self.sidecars.remove_orphan(image)
                 elif is_temp_file(path.name) and suffix + "." in path.name:
                     report.temps_removed += self._remove_stale_temp(path)
             except OSError as err:
                 log.warning("%s: skipped during scan: %s", path, err.strerror or err)
         return report
+
+    def _from_before(self, sidecar: Path) -> bool:
+        """Was this sidecar there before we started? (ctime: a copy cannot set it back)"""
+        return sidecar.lstat().st_ctime < self.started
 
     def _remove_stale_temp(self, path: Path) -> bool:
         """A sidecar temp file from before we started belongs to a killed writer."""

@@ -141,7 +141,8 @@ class Worker(threading.Thread):
         try:
             st = path.stat()
         except FileNotFoundError:
-            self.stats.removed += self.sidecars.remove_orphan(path)
+            if entry.deleted:  # only a delete event, never a sidecar copied ahead of its image
+                self.stats.removed += self.sidecars.remove_orphan(path)
             return None
         except OSError:
             return watched_item(path)  # unreadable: the core writes an error result
@@ -153,9 +154,11 @@ class Worker(threading.Thread):
         state = self.sidecars.state(path, st)
         if state is State.RENAMED:
             self.sidecars.rename(path)
+            log.log(self.success_level, "%s: up to date, its sidecar now names it", path)
         if state is not State.NEEDED:
-            self.stats.skipped += 1
-            self._advance()
+            if not entry.sidecar_only:  # else counted when the image itself came by
+                self.stats.skipped += 1
+                self._advance()
             return None
         return watched_item(path)
 
