@@ -31,6 +31,7 @@ from filelock import FileLock
 
 from dinoembed.atomic import is_temp_file, write_atomic
 from dinoembed.errors import PermanentError, SourceGoneError
+from dinoembed.pathfilter import ALL, PathFilter
 from dinoembed.results import EmbeddingResult, ModelInfo
 from dinoembed.sidecars import image_name, same_space
 from dinoembed.similarity import Matrix, normalize_rows
@@ -72,10 +73,13 @@ class SidecarSource(Protocol):
 class FolderSource:
     """Sidecars under a local folder (recursively by default); names are relative paths."""
 
-    def __init__(self, root: Path, suffix: str, *, recursive: bool = True) -> None:
+    def __init__(
+        self, root: Path, suffix: str, *, recursive: bool = True, select: PathFilter = ALL
+    ) -> None:
         self.root = root.absolute()
         self.suffix = suffix
         self.recursive = recursive
+        self.select = select  # by the image's relative path (the sidecar's minus the suffix)
 
     @property
     def location(self) -> str:
@@ -90,11 +94,15 @@ class FolderSource:
                 if not name.endswith(self.suffix) or is_temp_file(name):
                     continue
                 path = Path(dirpath) / name
+                relative = path.relative_to(self.root).as_posix()
+                image = image_name(relative, self.suffix)
+                if image is None or not self.select.accepts(image):
+                    continue
                 try:
                     stat = path.stat()
                 except OSError:
                     continue
-                found[path.relative_to(self.root).as_posix()] = _stamp(stat)
+                found[relative] = _stamp(stat)
         return found
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:

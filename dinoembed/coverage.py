@@ -32,6 +32,7 @@ from typing import Any
 
 from dinoembed.atomic import is_temp_file
 from dinoembed.local import looks_like_image
+from dinoembed.pathfilter import ALL, PathFilter
 from dinoembed.results import EmbeddingResult, SourceInfo
 from dinoembed.sidecars import (
     Recipe,
@@ -153,6 +154,7 @@ def list_folder(
     *,
     recursive: bool,
     on_listed: Callable[[int], None] = lambda n: None,
+    select: PathFilter = ALL,
 ) -> Listing:
     """Walk ``root`` (not following symlinked folders; temp files ignored) and read the
     sidecars of the images found; images are judged by size and mtime.
@@ -172,6 +174,8 @@ def list_folder(
                 continue
             path = Path(dirpath, filename)
             name = path.relative_to(root).as_posix()
+            if select.active and not select.accepts(image_name(name, suffix) or name):
+                continue  # an image left out by --include/--exclude, or its sidecar
             if is_sidecar(filename, suffix):
                 sidecar_paths[name] = path
                 continue

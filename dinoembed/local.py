@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dinoembed.atomic import is_temp_file
+from dinoembed.pathfilter import ALL, PathFilter
 from dinoembed.pipeline import ImageItem
 from dinoembed.results import SourceInfo
 
@@ -38,11 +39,18 @@ def looks_like_image(path: Path, suffix: str) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def iter_images(root: Path, suffix: str, *, recursive: bool) -> Iterator[Path]:
-    """Image files under ``root`` in a stable (sorted) order, not following symlinked dirs."""
+def iter_images(
+    root: Path, suffix: str, *, recursive: bool, select: PathFilter = ALL
+) -> Iterator[Path]:
+    """Image files under ``root`` in a stable (sorted) order, not following symlinked dirs,
+    that ``select`` accepts (by their path relative to ``root``)."""
     if not recursive:
         for entry in sorted(root.iterdir()):
-            if entry.is_file() and looks_like_image(entry, suffix):
+            if (
+                entry.is_file()
+                and looks_like_image(entry, suffix)
+                and select.accepts_path(entry, root)
+            ):
                 yield entry
         return
     for dirpath, dirnames, filenames in os.walk(root):
@@ -50,16 +58,30 @@ def iter_images(root: Path, suffix: str, *, recursive: bool) -> Iterator[Path]:
         folder = Path(dirpath)
         for name in sorted(filenames):
             path = folder / name
-            if path.is_file() and looks_like_image(path, suffix):
+            if (
+                path.is_file()
+                and looks_like_image(path, suffix)
+                and select.accepts_path(path, root)
+            ):
                 yield path
 
 
-def expand_paths(paths: Iterable[Path], suffix: str, *, recursive: bool) -> Iterator[Path]:
+def subfolders(root: Path) -> int:
+    """How many sub-folders ``root`` has (symlinked ones excluded: they are never followed)."""
+    try:
+        return sum(1 for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return 0
+
+
+def expand_paths(
+    paths: Iterable[Path], suffix: str, *, recursive: bool, select: PathFilter = ALL
+) -> Iterator[Path]:
     """Files named explicitly are kept as given (even odd ones: they get an error result);
-    folders are expanded to the images inside."""
+    folders are expanded to the images inside that ``select`` accepts."""
     for path in paths:
         if path.is_dir():
-            yield from iter_images(path, suffix, recursive=recursive)
+            yield from iter_images(path, suffix, recursive=recursive, select=select)
         else:
             yield path
 

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)
     # None = the command's own default (RECURSIVE_BY_DEFAULT); see recursive_for.
     recursive: bool | None = None
+    # --include / --exclude globs for folder walks (environment: a JSON list, '["*.jpg"]')
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     write_sidecars: bool = False
     # watcher
     polling: bool = False

@@ -32,6 +32,7 @@ from typing import Any
 from watchdog.observers.api import BaseObserver
 
 from dinoembed.errors import ConfigError
+from dinoembed.pathfilter import PathFilter
 from dinoembed.pipeline import Pipeline
 from dinoembed.progress import Progress
 from dinoembed.settings import Settings
@@ -154,6 +155,7 @@ class WatchDaemon:
             self.settings.output_suffix,
             embedder.model,
             normalize=embedder.engine.normalize,
+            select=PathFilter(self.settings.include, self.settings.exclude),
         )
         queue = WorkQueue(self.capacity)
         worker = self.worker = Worker(
@@ -169,7 +171,9 @@ class WatchDaemon:
         return _Parts(queue, sidecars, worker, scanner)
 
     def _observe(self, parts: _Parts) -> BaseObserver:
-        handler = EnqueueHandler(parts.queue, parts.sidecars.suffix, self.request_scan)
+        handler = EnqueueHandler(
+            parts.queue, parts.sidecars.suffix, self.request_scan, selected=parts.sidecars.selected
+        )
         return start_observer(
             self.root,
             handler,
@@ -180,7 +184,9 @@ class WatchDaemon:
 
     def _work(self, parts: _Parts, *, once: bool) -> None:
         """The initial scan (with a progress line on a terminal), then supervision."""
-        backlog = Backlog.for_stderr(self.root, parts.sidecars.suffix, recursive=self.recursive)
+        backlog = Backlog.for_stderr(
+            self.root, parts.sidecars.suffix, recursive=self.recursive, select=parts.sidecars.select
+        )
         parts.worker.on_done = parts.scanner.on_current = backlog.advance
         if backlog.shown:  # per-image lines would break the progress line
             parts.worker.success_level = logging.DEBUG
@@ -303,10 +309,10 @@ class Backlog:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_stderr(cls, root: Path, suffix: str, *, recursive: bool) -> Backlog:
+    def for_stderr(cls, root: Path, suffix: str, *, recursive: bool, select: PathFilter) -> Backlog:
         if not sys.stderr.isatty():
             return cls(None)
-        return cls(Progress(count_images(root, suffix, recursive=recursive)))
+        return cls(Progress(count_images(root, suffix, recursive=recursive, select=select)))
 
     @property
     def shown(self) -> bool:

@@ -58,12 +58,14 @@ class EnqueueHandler(FileSystemEventHandler):
         request_scan: Callable[[Path], None],
         *,
         expects_close: bool = True,
+        selected: Callable[[Path], bool] = lambda path: True,
     ) -> None:
         super().__init__()
         self.queue = queue
         self.suffix = suffix
         self.request_scan = request_scan
         self.expects_close = expects_close
+        self.selected = selected  # --include/--exclude (a pure name match: no file system call)
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
@@ -100,7 +102,7 @@ class EnqueueHandler(FileSystemEventHandler):
 
     def _sidecar_touched(self, sidecar: Path, touch: Touch) -> None:
         image = image_path(sidecar, self.suffix)
-        if image is not None:
+        if image is not None and self.selected(image):
             self.queue.put(image, touch)
 
     def _moved(self, src: Path, dest: Path) -> None:
@@ -115,4 +117,8 @@ class EnqueueHandler(FileSystemEventHandler):
             self._sidecar_touched(dest, Touch.SIDECAR)
 
     def _is_image(self, path: Path) -> bool:
-        return looks_like_image(path, self.suffix) and not is_temp_file(path.name)
+        return (
+            looks_like_image(path, self.suffix)
+            and not is_temp_file(path.name)
+            and self.selected(path)
+        )

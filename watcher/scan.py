@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dinoembed.atomic import is_temp_file
 from dinoembed.local import looks_like_image
+from dinoembed.pathfilter import ALL, PathFilter
 from dinoembed.sidecars import image_path, is_sidecar
 from dinoembed.watcher.queue import Touch, WorkQueue
 from dinoembed.watcher.sidecars import Sidecars, State
@@ -60,8 +61,12 @@ def _walk_error(err: OSError) -> None:
     log.warning("cannot list %s: %s", err.filename, err.strerror or err)
 
 
-def count_images(folder: Path, suffix: str, *, recursive: bool) -> int:
-    return sum(1 for p in walk_files(folder, recursive=recursive) if looks_like_image(p, suffix))
+def count_images(folder: Path, suffix: str, *, recursive: bool, select: PathFilter = ALL) -> int:
+    return sum(
+        1
+        for p in walk_files(folder, recursive=recursive)
+        if looks_like_image(p, suffix) and select.accepts_path(p, folder)
+    )
 
 
 class Scanner:
@@ -90,10 +95,15 @@ class Scanner:
                 break
             try:
                 if looks_like_image(path, suffix):
-                    self._image(path, touch, report)
+                    if self.sidecars.selected(path):
+                        self._image(path, touch, report)
                 elif is_sidecar(path.name, suffix):
                     image = image_path(path, suffix)
-                    if image is not None and self._from_before(path):
+                    if (
+                        image is not None
+                        and self.sidecars.selected(image)
+                        and self._from_before(path)
+                    ):
                         report.orphans_removed += self.sidecars.remove_orphan(image)
                 elif is_temp_file(path.name) and suffix + "." in path.name:
                     report.temps_removed += self._remove_stale_temp(path)

@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from dinoembed.pathfilter import ALL, PathFilter
 from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo
 from dinoembed.sidecars import Recipe, Verdict, judge, read_sidecar, sidecar_path, write_sidecar
 
@@ -30,13 +31,26 @@ class State(enum.Enum):
 
 
 class Sidecars:
-    def __init__(self, root: Path, suffix: str, model: ModelInfo, *, normalize: bool) -> None:
+    def __init__(
+        self,
+        root: Path,
+        suffix: str,
+        model: ModelInfo,
+        *,
+        normalize: bool,
+        select: PathFilter = ALL,
+    ) -> None:
         self.root = root.absolute()
+        self.select = select
         self.root_real = root.resolve()
         self.suffix = suffix
         self.model = model
         self.normalize = normalize
         self.recipe = Recipe(model, normalize)
+
+    def selected(self, image: Path) -> bool:
+        """Kept by ``--include``/``--exclude`` (matched against its path under the root)."""
+        return self.select.accepts_path(image, self.root)
 
     def path_for(self, image: Path) -> Path:
         return sidecar_path(image, self.suffix)

@@ -31,6 +31,7 @@ DEFAULT_INPUT_SIZE = 224  # descriptive only: not part of a model's identity
 def run_backfill(
     settings: Settings, location: str, queue_url: str | None, *, manifest: Path | None = None
 ) -> int:
+    wiring.path_filter(settings, location)  # refuses --include/--exclude for s3://
     if not wiring.is_s3(location):
         if queue_url:
             raise ConfigError("--queue-url is for s3:// locations (folders are embedded here)")

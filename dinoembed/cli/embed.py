@@ -1,52 +1,182 @@
-"""``dinoembed embed``: local files in, JSONL out (and sidecars when asked)."""
+"""``dinoembed embed``: local files in, JSONL out (and sidecars when asked).
+
+Paths come from the command line, from ``--files-from FILE`` (one a line) and from
+standard input (``-`` as a path, or ``--files-from -``). A path named on the command
+line that does not exist is an argument error (exit 2, before any model is loaded); one
+read from a list is data: it gets its own error result line ("file not found") and the
+rest of the list is embedded. With ``--skip-current`` an image whose sidecar is current
+(:func:`dinoembed.sidecars.judge`) is not embedded again: its line is the sidecar's
+result, so the output keeps one line per input.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from dinoembed.cli import wiring
 from dinoembed.errors import ConfigError
-from dinoembed.local import expand_paths, local_item
+from dinoembed.local import expand_paths, local_item, subfolders
+from dinoembed.pathfilter import PathFilter
+from dinoembed.pipeline import Pipeline
 from dinoembed.progress import Progress
-from dinoembed.results import EmbeddingResult
+from dinoembed.results import EmbeddingResult, SourceInfo
 from dinoembed.settings import Settings
-from dinoembed.sidecars import sidecar_path, write_sidecar
+from dinoembed.sidecars import Verdict, judge, read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
+STDIN = "-"
 
-def run_embed(settings: Settings, paths: Sequence[Path]) -> int:
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What to embed: paths named as arguments, and paths read from lists."""
+
+    named: tuple[Path, ...]
+    listed: tuple[Path, ...]
+
+
+def gather_inputs(paths: Sequence[Path], files_from: Path | None) -> Inputs:
+    """The command line's paths, with ``-`` (and ``--files-from``) replaced by the paths
+    they list. Standard input is read at most once."""
+    named: list[Path] = []
+    listed: list[Path] = []
+    read_stdin = files_from is not None and str(files_from) == STDIN
+    if files_from is not None and not read_stdin:
+        try:
+            with files_from.open("rb") as fh:
+                listed += _read_list(fh)
+        except OSError as err:
+            raise ConfigError(f"--files-from {files_from}: {err.strerror or err}") from err
+    for path in paths:
+        if str(path) == STDIN:
+            read_stdin = True
+        else:
+            named.append(path)
+    if read_stdin:
+        listed += _read_list(sys.stdin.buffer)
+    if not named and not listed and not read_stdin and files_from is None:
+        raise ConfigError("nothing to embed: name images or folders, or use --files-from")
+    return Inputs(tuple(named), tuple(listed))
+
+
+def _read_list(stream: BinaryIO) -> Iterator[Path]:
+    """One path a line; blank lines skipped. Bytes are decoded as the file system does
+    (``os.fsdecode``), so any file name survives the round trip through ``find``."""
+    for raw in stream:
+        line = raw.rstrip(b"\r\n")
+        if line.strip():
+            yield Path(os.fsdecode(line))
+
+
+def run_embed(
+    settings: Settings,
+    paths: Sequence[Path],
+    *,
+    files_from: Path | None = None,
+    skip_current: bool = False,
+) -> int:
     """Print one JSON result per image, in input order. 0 when all succeeded (and, with
     ``--write-sidecars``, every sidecar was written), else 1: a sidecar that could not be
     written turns that image's line into an error result saying why."""
-    missing = [str(p) for p in paths if not p.exists() and not p.is_symlink()]
+    inputs = gather_inputs(paths, files_from)
+    missing = [str(p) for p in inputs.named if not p.exists() and not p.is_symlink()]
     if missing:  # an argument error: found before the model is loaded or downloaded
         raise ConfigError(f"no such file or folder: {' '.join(missing)}")
-    files = list(
-        expand_paths(paths, settings.output_suffix, recursive=settings.recursive_for("embed"))
-    )
+    recursive = settings.recursive_for("embed")
+    select = PathFilter(settings.include, settings.exclude)
+    if not recursive:
+        _warn_skipped_folders([p for p in inputs.named + inputs.listed if p.is_dir()])
+    every = (*inputs.named, *inputs.listed)
+    files = list(expand_paths(every, settings.output_suffix, recursive=recursive, select=select))
     if not files:
-        log.warning("no images found in %s", " ".join(str(p) for p in paths))
+        log.warning("no images found in %s", " ".join(str(p) for p in every) or "the list")
         return 0
     embedder = wiring.pipeline(settings)
+    current = _current_results(embedder, files, settings) if skip_current else {}
+    if current:
+        log.info(
+            "%d of %d images have a current sidecar: not embedded again", len(current), len(files)
+        )
     failed = 0
     out = sys.stdout
     with Progress(len(files)) as progress:
-        for outcome in embedder.embed(local_item(p) for p in files):
-            result = outcome.result
-            if settings.write_sidecars and outcome.disposition.writes:
-                problem = _write(result, Path(outcome.item.file_path), settings.output_suffix)
-                if problem is not None:
-                    # The requested result (the sidecar) was not produced: the line says so.
-                    result = embedder.error_result(outcome.item, problem)
+        for result in _results(embedder, files, current, settings):
             out.write(result.to_json() + "\n")
             failed += not result.ok
             progress.advance()
     out.flush()
     return 1 if failed else 0
+
+
+def _warn_skipped_folders(folders: Sequence[Path]) -> None:
+    skipped = sum(subfolders(folder) for folder in folders)
+    if skipped:
+        log.warning(
+            "skipped %d sub-folder%s of %s (use -r to descend)",
+            skipped,
+            "" if skipped == 1 else "s",
+            " ".join(str(f) for f in folders),
+        )
+
+
+def _current_results(
+    embedder: Pipeline, files: Sequence[Path], settings: Settings
+) -> dict[int, EmbeddingResult]:
+    """The inputs (by position) whose sidecar is current, with that sidecar's result
+    (its ``file_path`` naming the image as it is now: a copied folder's sidecars name the
+    original). A sidecar from a newer dinoembed is left alone, as everywhere."""
+    found: dict[int, EmbeddingResult] = {}
+    for n, path in enumerate(files):
+        sidecar = sidecar_path(path, settings.output_suffix)
+        existing = read_sidecar(sidecar)
+        if existing is None:
+            continue
+        try:
+            image, sidecar_mtime = path.stat(), sidecar.stat().st_mtime
+        except OSError:
+            continue
+        source = SourceInfo(size=image.st_size, mtime=image.st_mtime)
+        verdict = judge(existing, source, embedder.recipe, sidecar_mtime=sidecar_mtime)
+        if verdict in (Verdict.CURRENT, Verdict.NEWER):
+            here = str(path.absolute())
+            found[n] = existing.model_copy(update={"file_path": here})
+            if (
+                settings.write_sidecars
+                and verdict is Verdict.CURRENT
+                and existing.file_path != here
+            ):
+                _write(found[n], path, settings.output_suffix)  # point it at the image
+    return found
+
+
+def _results(
+    embedder: Pipeline,
+    files: Sequence[Path],
+    current: dict[int, EmbeddingResult],
+    settings: Settings,
+) -> Iterator[EmbeddingResult]:
+    """Every input's result in input order: current sidecars as they are, the rest embedded."""
+    todo = (local_item(p) for n, p in enumerate(files) if n not in current)
+    outcomes = embedder.embed(todo)
+    for n in range(len(files)):
+        if n in current:
+            yield current[n]
+            continue
+        outcome = next(outcomes)
+        result = outcome.result
+        if settings.write_sidecars and outcome.disposition.writes:
+            problem = _write(result, Path(outcome.item.file_path), settings.output_suffix)
+            if problem is not None:
+                # The requested result (the sidecar) was not produced: the line says so.
+                result = embedder.error_result(outcome.item, problem)
+        yield result
 
 
 def _write(result: EmbeddingResult, image: Path, suffix: str) -> str | None:

@@ -34,6 +34,41 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where downloaded models and collection indexes are kept "
+        "(default: $XDG_CACHE_HOME/dinoembed or ~/.cache/dinoembed)",
+    )
+
+
+def add_suffix_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output-suffix",
+        metavar="SUFFIX",
+        help="sidecar name = image name + SUFFIX (default .dinov2.json)",
+    )
+
+
+def add_filter_options(parser: argparse.ArgumentParser) -> None:
+    """Globs for folder walks (see :class:`dinoembed.local.PathFilter`)."""
+    parser.add_argument(
+        "--include",
+        action="append",
+        metavar="GLOB",
+        help="only images whose path relative to the folder matches (fnmatch; repeatable; "
+        "'*' matches '/' too, so '*.png' is every PNG)",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="leave out images whose relative path matches (repeatable; e.g. 'raw/*')",
+    )
+
+
 def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
     """What an embedding is made by: the model, its preprocessing and the normalisation."""
     _add_model_options(parser)
@@ -52,6 +87,7 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     _add_recipe_options(parser)
+    add_cache_dir_option(parser)
     parser.add_argument("--batch-size", type=int, help="images per inference run (default 8)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: usable CPUs)")
 
@@ -73,7 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="embed images and print one JSON result per line",
     )
     embed.add_argument(
-        "paths", nargs="+", type=Path, metavar="PATH", help="image files and folders of images"
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="image files and folders of images; '-' reads paths from standard input",
+    )
+    embed.add_argument(
+        "--files-from",
+        type=Path,
+        metavar="FILE",
+        help="also embed the paths listed in FILE, one a line ('-': standard input)",
     )
     embed.add_argument("-r", "--recursive", action="store_true", help="descend into folders")
     embed.add_argument(
@@ -81,7 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write <image>.dinov2.json next to each image",
     )
+    embed.add_argument(
+        "--skip-current",
+        action="store_true",
+        help="do not embed images whose sidecar is current: print the sidecar's result instead",
+    )
     _add_embed_options(embed)
+    add_suffix_option(embed)
+    add_filter_options(embed)
 
     watch = sub.add_parser(
         "watch", argument_default=argparse.SUPPRESS, help="embed images in a folder as they appear"
@@ -100,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a file must stay unchanged before it is embedded",
     )
     _add_embed_options(watch)
+    add_suffix_option(watch)
+    add_filter_options(watch)
 
     model = sub.add_parser("model", help="fetch, inspect or build model files")
     model_sub = model.add_subparsers(dest="model_command", required=True)
@@ -109,12 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="download and verify the model into the cache",
     )
     _add_model_options(fetch)
+    add_cache_dir_option(fetch)
     info = model_sub.add_parser(
         "info",
         argument_default=argparse.SUPPRESS,
         help="print the model's path, sha256, shapes and dimension",
     )
     _add_model_options(info)
+    add_cache_dir_option(info)
     standin = model_sub.add_parser(
         "standin",
         argument_default=argparse.SUPPRESS,
@@ -135,9 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("source", type=Path, metavar="IN", help="the float32 .onnx model")
     quantize.add_argument("out", type=Path, metavar="OUT", help="the int8 .onnx file to write")
-    from dinoembed.cli.use import add_use_commands
+    from dinoembed.cli.use import USE_COMMANDS, add_use_commands
 
     add_use_commands(sub, _add_embed_options)
+    for name in sorted(USE_COMMANDS):
+        command = sub.choices[name]
+        if not any("--cache-dir" in a.option_strings for a in command._actions):
+            add_cache_dir_option(command)  # the collection index lives in the cache
+        add_suffix_option(command)
+        add_filter_options(command)
     status = sub.add_parser(
         "status",
         argument_default=argparse.SUPPRESS,
@@ -154,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-recursive", dest="recursive", action="store_false", help="top folder only"
     )
     _add_recipe_options(status)
+    add_suffix_option(status)
+    add_filter_options(status)
     for command in _all_subparsers(sub):  # `dinoembed embed -v x` as well as `dinoembed -v embed x`
         command.add_argument(
             "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
@@ -249,7 +314,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "embed":
         from dinoembed.cli.embed import run_embed
 
-        return run_embed(settings, args.paths)
+        return run_embed(
+            settings,
+            getattr(args, "paths", []),
+            files_from=getattr(args, "files_from", None),
+            skip_current=getattr(args, "skip_current", False),
+        )
     if args.command == "watch":
         with wiring.needs_extra("dinoembed watch"):
             from dinoembed.watcher.daemon import run_watch

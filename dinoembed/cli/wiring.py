@@ -20,6 +20,7 @@ from dinoembed.coverage import Listing, list_folder
 from dinoembed.errors import ConfigError
 from dinoembed.fetchers import default_fetchers
 from dinoembed.model_store import ModelStore
+from dinoembed.pathfilter import PathFilter
 from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.progress import Progress
 from dinoembed.settings import Settings
@@ -72,8 +73,18 @@ def pipeline(settings: Settings, client: Any | None = None) -> Pipeline:
     return build_pipeline(settings, model_store(settings, client))
 
 
+def path_filter(settings: Settings, location: str) -> PathFilter:
+    """``--include`` / ``--exclude``: for folders only (an S3 listing is not filtered, so
+    the flags are refused there rather than silently ignored)."""
+    select = PathFilter(settings.include, settings.exclude)
+    if select.active and is_s3(location):
+        raise ConfigError("--include/--exclude apply to folders, not s3:// locations")
+    return select
+
+
 def open_source(location: str, settings: Settings) -> SidecarSource:
     """The sidecars of a folder or an ``s3://bucket/prefix``."""
+    select = path_filter(settings, location)
     if is_s3(location):
         with needs_extra("s3:// locations"):
             from dinoembed.handler.collection_s3 import S3SidecarSource, parse_s3_uri
@@ -83,7 +94,10 @@ def open_source(location: str, settings: Settings) -> SidecarSource:
     if not root.is_dir():
         raise ConfigError(f"{location}: not a folder or s3://bucket/prefix")
     return FolderSource(
-        root, settings.output_suffix, recursive=settings.recursive_for("collection")
+        root,
+        settings.output_suffix,
+        recursive=settings.recursive_for("collection"),
+        select=select,
     )
 
 
@@ -91,6 +105,7 @@ def list_location(location: str, settings: Settings) -> Listing:
     """Images and sidecars of a folder or an ``s3://bucket/prefix``, with a progress line
     on stderr (a terminal only) while a long listing runs."""
     suffix = settings.output_suffix
+    select = path_filter(settings, location)
     if is_s3(location):
         with needs_extra("s3:// locations"):
             from dinoembed.handler.collection_s3 import list_prefix, parse_s3_uri
@@ -113,7 +128,11 @@ def list_location(location: str, settings: Settings) -> Listing:
         raise ConfigError(f"{location}: not a folder or s3://bucket/prefix")
     with Progress(None, unit="files listed") as listed:
         return list_folder(
-            root, suffix, recursive=settings.recursive_for("collection"), on_listed=listed.advance
+            root,
+            suffix,
+            recursive=settings.recursive_for("collection"),
+            on_listed=listed.advance,
+            select=select,
         )
 
 
