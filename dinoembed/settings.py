@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     write_sidecars: bool = False
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per log line
     # watcher
     polling: bool = False
     settle_seconds: float = Field(default=0.3, ge=0.0)

@@ -280,6 +280,7 @@ class WatchDaemon:
             len(stats.retrying),
             (done - done_before) / max(now - since, 1e-9),
             len(queue),
+            extra={"totals": self.totals()},  # a field of its own in --log-format json
         )
 
 

@@ -186,13 +186,21 @@ class Worker(threading.Thread):
             self._advance()
             return
         ms = outcome.seconds * 1000
+        # extras: fields of their own in --log-format json
+        facts = {"path": str(path), "status": result.status, "ms": round(ms)}
         if result.ok:
             self.stats.embedded += 1
             self.stats.failed.discard(path)
-            log.log(self.success_level, "%s success %.0f ms", path, ms)
+            log.log(self.success_level, "%s success %.0f ms", path, ms, extra=facts)
         else:
             self.stats.failed.add(path)
-            log.warning("%s error %.0f ms: %s", path, ms, result.error)
+            log.warning(
+                "%s error %.0f ms: %s",
+                path,
+                ms,
+                result.error,
+                extra=facts | {"error": result.error},
+            )
         self._advance()
 
     def _advance(self) -> None:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from dinoembed.cli import output, wiring
 from dinoembed.errors import DinoEmbedError
-from dinoembed.logs import capture_library_warnings
+from dinoembed.logs import capture_library_warnings, configure_logging, logs_json, use_json
 from dinoembed.settings import Settings
 
 log = logging.getLogger("dinoembed")
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DINOEMBED_<NAME> from the environment; a flag wins.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    add_log_format_option(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -219,11 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(status)
     add_suffix_option(status)
     add_filter_options(status)
+    completion = sub.add_parser(
+        "completion",
+        argument_default=argparse.SUPPRESS,
+        help='print a shell completion script: eval "$(dinoembed completion bash)"',
+    )
+    completion.add_argument("shell", choices=["bash"], help="the shell (bash only)")
     for command in _all_subparsers(sub):  # `dinoembed embed -v x` as well as `dinoembed -v embed x`
         command.add_argument(
             "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
         )
+        if command is not completion:
+            add_log_format_option(command)
     return parser
+
+
+def add_log_format_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=argparse.SUPPRESS,
+        help="stderr log lines as text (default) or one JSON object per line",
+    )
 
 
 def _all_subparsers(sub: Any) -> list[argparse.ArgumentParser]:
@@ -259,14 +277,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     output.use_utf8_stdout()
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = configure_logging(level, sys.stderr)
     capture_library_warnings()  # Pillow's warnings: INFO log lines, shown with -v
     try:
+        if args.command == "completion":
+            from dinoembed.cli.completion import run_completion
+
+            return run_completion(build_parser(), args.shell)
         if "model_path" in vars(args):  # the flag, not DINOEMBED_MODEL_PATH: name the flag
             wiring.check_input_file(args.model_path, "--model")
         settings = make_settings(args)
+        if settings.log_format == "json":
+            use_json(handler)
         return _dispatch(args, settings)
     except ValidationError as err:
         for problem in err.errors():
@@ -306,7 +328,10 @@ def describe_os_error(err: OSError) -> str:
 def _error(message: str) -> int:
     """The one line a user sees for a command that could not run; exit status 2."""
     with contextlib.suppress(OSError):  # stderr gone too: the exit status is all that is left
-        print(f"dinoembed: error: {message}", file=sys.stderr)
+        if logs_json():  # --log-format json: every stderr line is a JSON object
+            log.error("%s", message, extra={"exit_status": EXIT_ERROR})
+        else:
+            print(f"dinoembed: error: {message}", file=sys.stderr)
     return EXIT_ERROR
 
 
