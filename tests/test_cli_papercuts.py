@@ -70,3 +70,25 @@ def test_a_bad_setting_names_its_flag_or_variable(
     (tmp_path / "a.jpg").write_bytes(b"x")
     assert main(["embed", str(tmp_path / "a.jpg"), *args]) == 2
     assert capsys.readouterr().err.startswith(f"dinoembed: error: {origin}: ")
+
+
+@pytest.mark.parametrize("flag", [["--no-normalize"], ["--batch-size", "4"]])
+def test_similar_does_not_offer_flags_that_do_nothing_there(
+    flag: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # similar embeds one query at most (no batches) and ranks by cosine (the query vector
+    # is normalised whatever the flag says): such flags are refused, not silently ignored
+    with pytest.raises(SystemExit) as done:
+        main(["similar", "q.jpg", "--in", str(tmp_path), *flag])
+    assert done.value.code == 2
+    assert f"unrecognized arguments: {flag[0]}" in capsys.readouterr().err
+
+
+def test_similar_offers_the_flags_it_uses() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {f for a in sub.choices["similar"]._actions for f in a.option_strings}
+    expected = {"--in", "--top-k", "--min-score", "--json", "--model", "--preprocess"}
+    expected |= {"--threads", "--cache-dir", "--output-suffix", "--no-recursive"}
+    expected |= {"--include", "--exclude", "-v", "--verbose", "--log-format", "-h", "--help"}
+    assert flags == expected

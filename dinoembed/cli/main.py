@@ -78,6 +78,10 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="keep raw embeddings (default: L2-normalised)",
     )
+    _add_preprocess_option(parser)
+
+
+def _add_preprocess_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preprocess",
         choices=["center-crop", "squash"],
@@ -85,11 +89,24 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: usable CPUs)")
+
+
 def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     _add_recipe_options(parser)
     add_cache_dir_option(parser)
     parser.add_argument("--batch-size", type=int, help="images per inference run (default 8)")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: usable CPUs)")
+    _add_threads_option(parser)
+
+
+def _add_query_options(parser: argparse.ArgumentParser) -> None:
+    """``similar`` embeds at most one query image, and compares by cosine: no batch size,
+    and normalisation changes nothing there (the query vector is normalised either way)."""
+    _add_model_options(parser)
+    _add_preprocess_option(parser)
+    add_cache_dir_option(parser)
+    _add_threads_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("out", type=Path, metavar="OUT", help="the int8 .onnx file to write")
     from dinoembed.cli.use import USE_COMMANDS, add_use_commands
 
-    add_use_commands(sub, _add_embed_options)
+    add_use_commands(sub, _add_embed_options, _add_query_options)
     for name in sorted(USE_COMMANDS):
         command = sub.choices[name]
         if not any("--cache-dir" in a.option_strings for a in command._actions):

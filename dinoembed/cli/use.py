@@ -51,8 +51,9 @@ COLLECTION_HELP = "a folder of sidecars or s3://bucket/prefix"
 OptionAdder = Callable[[argparse.ArgumentParser], None]
 
 
-def add_use_commands(sub: Any, embed_options: OptionAdder) -> None:
-    """Add the four subcommands to the CLI's subparsers (``embed_options``: model flags)."""
+def add_use_commands(sub: Any, embed_options: OptionAdder, query_options: OptionAdder) -> None:
+    """Add these subcommands to the CLI's subparsers (``embed_options``: the flags of a
+    command that embeds; ``query_options``: those of ``similar``, which embeds one query)."""
     s = argparse.SUPPRESS
     similar = sub.add_parser("similar", argument_default=s, help="most similar images")
     similar.add_argument("query", metavar="QUERY", help="an image or a sidecar (path or s3://)")
@@ -62,7 +63,7 @@ def add_use_commands(sub: Any, embed_options: OptionAdder) -> None:
     similar.add_argument("--top-k", type=int, help=f"how many (default {DEFAULT_TOP_K})")
     similar.add_argument("--min-score", type=float, help="leave out results below this cosine")
     similar.add_argument("--json", action="store_true", help="one JSON document")
-    embed_options(similar)
+    query_options(similar)
     dupes = sub.add_parser("dupes", argument_default=s, help="groups of near-duplicate images")
     dupes.add_argument("collection", metavar="DIR_OR_S3", help=COLLECTION_HELP)
     dupes.add_argument("--threshold", type=float, help=f"cosine (default {DEFAULT_THRESHOLD})")
