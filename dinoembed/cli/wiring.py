@@ -13,16 +13,17 @@ import importlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dinoembed.collection import FolderSource, SidecarSource
-from dinoembed.coverage import Listing, list_folder
 from dinoembed.errors import ConfigError
-from dinoembed.fetchers import default_fetchers
-from dinoembed.model_store import ModelStore
-from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.progress import Progress
 from dinoembed.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: `dinoembed --help` need not load numpy and Pillow
+    from dinoembed.collection import SidecarSource
+    from dinoembed.coverage import Listing
+    from dinoembed.model_store import ModelStore
+    from dinoembed.pipeline import Pipeline
 
 # The third-party packages behind each extra (pyproject.toml [project.optional-dependencies]).
 EXTRAS = {"boto3": "lambda", "botocore": "lambda", "aws_lambda_powertools": "lambda"}
@@ -56,6 +57,9 @@ def s3_client() -> Any:
 
 def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
     """The model store, with the ``s3://`` fetcher when the model URL needs it."""
+    from dinoembed.fetchers import default_fetchers
+    from dinoembed.model_store import ModelStore
+
     if not is_s3(settings.model_url):
         return ModelStore(settings.cache_dir, default_fetchers())
     with needs_extra("an s3:// model URL"):
@@ -69,6 +73,8 @@ def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
 
 def pipeline(settings: Settings, client: Any | None = None) -> Pipeline:
     """Resolve (download if need be) the model and build the pipeline: once per command."""
+    from dinoembed.pipeline import build_pipeline
+
     return build_pipeline(settings, model_store(settings, client))
 
 
@@ -79,6 +85,8 @@ def open_source(location: str, settings: Settings) -> SidecarSource:
             from dinoembed.handler.collection_s3 import S3SidecarSource, parse_s3_uri
         bucket, prefix = parse_s3_uri(location)
         return S3SidecarSource(s3_client(), bucket, prefix, settings.output_suffix)
+    from dinoembed.collection import FolderSource
+
     root = Path(location)
     if not root.is_dir():
         raise ConfigError(f"{location}: not a folder or s3://bucket/prefix")
@@ -108,6 +116,8 @@ def list_location(location: str, settings: Settings) -> Listing:
             return list_prefix(
                 client, bucket, prefix, suffix, on_listed=listed.advance, on_read=on_read
             )
+    from dinoembed.coverage import list_folder
+
     root = Path(location)
     if not root.is_dir():
         raise ConfigError(f"{location}: not a folder or s3://bucket/prefix")
