@@ -1,18 +1,23 @@
-"""Rows for the two front ends: a watcher burst and a Lambda SQS batch against moto.
+"""Rows for the two front ends: a watcher burst and a Lambda SQS batch against moto, and
+the cold start of a built Lambda package with its bundled model against the floor.
 
 Each needs its adapter (``watcher.daemon``, ``handler.app``) and, for Lambda,
-moto's server; when one is missing its row is skipped with the reason.
+moto's server; the bundled cold start also needs a built package and Python 3.12.
+When one is missing its row is skipped with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +184,72 @@ def lambda_batch(bench: Bench, corpus: Corpus, work: Path, rep: int, s: Samples)
         raise RuntimeError(f"lambda wrote {len(sidecars)} sidecars for {2 * len(files)} images")
     s.add("lambda_cold_s", report[0]["done_at"] - start)
     s.add("lambda_warm_s", report[1]["seconds"])
+
+
+@dataclass(frozen=True)
+class BundledPackage:
+    """A package built with ``DINOEMBED_BUNDLE_MODEL=... infra/build_lambda.sh DIR``."""
+
+    artifact: Path
+    python312: str
+
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_SCRIPT = REPO / "infra" / "build_lambda.sh"
+PYENV_VERSION = "3.12.1:3.11.7"  # Python 3.12 for the build, as tests/test_lambda_artifact.py
+
+
+def build_bundled(model: Path, out: Path) -> Path | str:
+    """``infra/build_lambda.sh`` with ``model`` bundled, into ``out`` (rebuilt every run, so
+    the package holds the code being measured: ~15 s with pip's cache warm); or why not."""
+    if shutil.which("bash") is None or not BUILD_SCRIPT.is_file():
+        return f"cannot build the package here (needs bash and {BUILD_SCRIPT.name})"
+    shutil.rmtree(out, ignore_errors=True)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    env = procs.clean_env(
+        {
+            "DINOEMBED_BUNDLE_MODEL": str(model),
+            "DINOEMBED_BUNDLE_SHA256": digest,
+            "PYENV_VERSION": os.environ.get("PYENV_VERSION", PYENV_VERSION),
+        }
+    )
+    try:
+        done = subprocess.run(
+            ["bash", str(BUILD_SCRIPT), str(out)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"the package build failed: {err}"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        return f"the package build failed ({BUILD_SCRIPT.name} exit {done.returncode}): {last}"
+    return out
+
+
+def bundled_package(artifact: Path | str) -> BundledPackage | str:
+    """The package to time, or why its rows are skipped (a reason is passed through)."""
+    if isinstance(artifact, str):
+        return artifact
+    if not (artifact / "model" / "bundle.json").is_file():
+        return f"{artifact} is not a package with a bundled model (see infra/build_lambda.sh)"
+    from benchmarks.lambda_bundled import python312
+
+    python = python312()
+    if python is None:
+        return "no Python 3.12 (the Lambda runtime's version) found"
+    return BundledPackage(artifact, python)
+
+
+def lambda_bundled_cold(bench: Bench, package: BundledPackage, s: Samples) -> None:
+    """One cold start of the bundled package and one floor run (benchmarks/lambda_bundled.py)."""
+    cmd = [procs.python(), "-m", "benchmarks.lambda_bundled", str(package.artifact)]
+    cmd += ["--reps", "1", "--python", package.python312]
+    result = bench.timed(cmd, s, procs.clean_env())
+    report = json.loads(result.stdout)
+    s.add("lambda_bundled_cold_s", report["cold_s"])
+    s.add("lambda_bundled_floor_s", report["floor_s"])

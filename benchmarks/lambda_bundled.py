@@ -1,6 +1,8 @@
 """Lambda cold start from a built package with a bundled model, against the floor.
 
 Usage: python -m benchmarks.lambda_bundled ARTIFACT [--reps N] [--python PY312]
+(``python -m benchmarks.run --lambda-artifact ARTIFACT`` runs it as two rows, once per
+repetition, interleaved with the others.)
 
 ARTIFACT is a package built with ``DINOEMBED_BUNDLE_MODEL=... infra/build_lambda.sh``.
 Each repetition starts a fresh Python 3.12 (the Lambda runtime's version) with only the
@@ -19,8 +21,10 @@ Prints one JSON object with the medians and every sample, in seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -34,6 +38,7 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 
 FLOOR = Path(__file__).with_name("floor.py")
+PYENV_VERSION = "3.12.1:3.11.7"  # what tests/test_lambda_artifact.py uses
 COLD = """
 import json, sys
 artifact, runtime, event = sys.argv[1:4]
@@ -50,6 +55,33 @@ sys.argv = [floor, model]
 runpy.run_path(floor, run_name="__main__")
 """
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six.py", "urllib3")
+
+
+def python312() -> str | None:
+    """The real python3.12 binary (pyenv's, else PATH's), or None when there is none.
+
+    A pyenv shim is resolved to its binary: the timed runs get a bare PATH, where a
+    shim could not find pyenv.
+    """
+    candidates: list[str] = []
+    env = {**os.environ, "PYENV_VERSION": os.environ.get("PYENV_VERSION", PYENV_VERSION)}
+    with contextlib.suppress(OSError):
+        found = subprocess.run(
+            ["pyenv", "which", "python3.12"], env=env, capture_output=True, text=True, check=False
+        )
+        if found.returncode == 0 and found.stdout.strip():
+            candidates.append(found.stdout.strip())
+    if (on_path := shutil.which("python3.12")) is not None:
+        candidates.append(on_path)
+    probe = "import sys; print(sys.executable if sys.version_info[:2] == (3, 12) else '')"
+    for candidate in candidates:
+        with contextlib.suppress(OSError):
+            done = subprocess.run(
+                [candidate, "-c", probe], env=env, capture_output=True, text=True, check=False
+            )
+            if done.returncode == 0 and done.stdout.strip():
+                return done.stdout.strip()
+    return None
 
 
 def runtime_dir(where: Path) -> Path:
@@ -80,8 +112,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--python", default=shutil.which("python3.12") or "python3.12")
+    parser.add_argument("--python", help="the Lambda runtime's Python 3.12 (default: found)")
     args = parser.parse_args(argv)
+    args.python = args.python or python312()
+    if args.python is None:
+        parser.error("no Python 3.12 found (pyenv install 3.12, or --python PATH)")
     manifest = json.loads((args.artifact / "model" / "bundle.json").read_text())
     model = args.artifact / "model" / manifest["file"]
     from skimage import data
@@ -129,11 +164,13 @@ def main(argv: list[str]) -> int:
                     "DINOEMBED_CACHE_DIR": str(work / f"cache-{rep}"),  # a fresh /tmp each time
                     "POWERTOOLS_LOG_LEVEL": "WARNING",
                 }
-                python = [args.python, "-I", "-S", "-c"]
+                # -B: /var/task is read-only on Lambda, so a run must not leave .pyc files in the
+                # package for the next sample to find: only what the build put there counts
+                python = [args.python, "-I", "-S", "-B", "-c"]
                 cold = [*python, COLD, str(args.artifact), str(runtime), str(event)]
                 samples["cold"].append(timed(cold, env, '"embedded": 1'))
                 floor = [*python, FLOOR_RUNNER, str(args.artifact), str(FLOOR), str(model)]
-                samples["floor"].append(timed(floor, env, "(1, 384)"))
+                samples["floor"].append(timed(floor, env, "(1, "))
     finally:
         server.stop()
     report = {

@@ -63,6 +63,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "to leave the CPUs idle (default 30; 0 = never wait)",
     )
     p.add_argument("--no-frontends", action="store_true", help="skip the watcher and Lambda rows")
+    p.add_argument(
+        "--lambda-artifact",
+        type=Path,
+        metavar="DIR",
+        help="a Lambda package built with a bundled model (infra/build_lambda.sh) whose cold "
+        "start is timed against the floor (default: built here with the fp32 model; the rows "
+        "are skipped, with a note, when that build is not possible)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "out", help="work folder (git-ignored)")
     p.add_argument(
         "--write-results",
@@ -173,6 +181,7 @@ def one_rep(
     models: Models,
     corpora: dict[str, suites.Corpus],
     s: suites.Samples,
+    bundled: frontends.BundledPackage | None = None,
 ) -> None:
     large, small = corpora["large"], corpora["small"]
     batch = bench.batch_size
@@ -200,6 +209,29 @@ def one_rep(
         frontends.watcher_burst(bench, list(small.files), plan.burst, work, s)
         log(f"rep {rep + 1}/{plan.reps}: Lambda SQS batch")
         frontends.lambda_batch(bench, large, work, rep, s)
+        if bundled is not None:
+            log(f"rep {rep + 1}/{plan.reps}: Lambda cold start, bundled model")
+            frontends.lambda_bundled_cold(bench, bundled, s)
+
+
+def lambda_package(
+    args: argparse.Namespace, plan: Plan, model: Path, out: Path, notes: list[str]
+) -> frontends.BundledPackage | None:
+    """The Lambda package whose cold start is timed: --lambda-artifact, else one built
+    here with the run's fp32 model bundled; None (and a note) when there is none."""
+    if not plan.frontends:
+        return None
+    artifact: Path | str | None = args.lambda_artifact
+    if artifact is None and args.smoke:
+        artifact = "not built in a --smoke run (give --lambda-artifact DIR)"
+    elif artifact is None:
+        log(f"building the Lambda package with {model.name} bundled")
+        artifact = frontends.build_bundled(model, out / "lambda-bundled")
+    found = frontends.bundled_package(artifact)
+    if isinstance(found, str):
+        notes.append(f"Lambda bundled cold-start rows skipped: {found}")
+        return None
+    return found
 
 
 def agreement(fp32: Path, int8: Path, files: list[Path]) -> dict[str, float]:
@@ -239,13 +271,14 @@ def main(argv: list[str] | None = None) -> int:
             "small", generate(out / "corpus", plan.small, plan.small_count), out / "runs"
         ),
     }
+    bundled = lambda_package(args, plan, model, out, notes)
     quiet = 0.0 if args.smoke else args.quiet_wait
     bench = suites.Bench(model, out, args.batch_size, args.threads, quiet)
     sha256 = suites.seed_cache(model, out / "cache")
     meta = machine(plan, args.batch_size, models)
     samples = suites.Samples()
     for rep in range(plan.reps):
-        one_rep(rep, sha256, plan, bench, models, corpora, samples)
+        one_rep(rep, sha256, plan, bench, models, corpora, samples, bundled)
     meta["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     others = samples.values.get("others_share", [0.0])
     meta["other processes' share of the CPUs during the timed runs"] = (

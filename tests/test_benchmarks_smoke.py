@@ -50,6 +50,8 @@ def test_smoke_run_measures_every_row_and_writes_the_reports(tmp_path: Path) -> 
     for target in report.targets(data["summary"], data["meta"]):
         assert target.name in text
     assert "must be checked by the user" in text
+    # AND the bundled Lambda cold start, which needs a package build, says why it is absent
+    assert any(n.startswith("Lambda bundled cold-start rows skipped") for n in data["notes"])
     # AND no sidecars are left behind in the folders the runs embedded
     assert list((tmp_path / "runs").rglob("*.json")) == []
 
@@ -123,3 +125,23 @@ def test_peak_rss_is_the_benchmarked_process_own_not_the_harness() -> None:
     assert 200 <= grows.max_rss_mb < 200 + parent_mb / 2
     assert tiny.wall > 0 and tiny.returncode == 0
     del ballast
+
+
+def test_the_bundled_lambda_rows_and_their_ratio_are_reported_when_measured() -> None:
+    # GIVEN a run that measured the bundled package (cold 1.2 s, 1.0 s; floor 0.5 s, 0.4 s)
+    values = {"lambda_bundled_cold_s": [1.2, 1.0], "lambda_bundled_floor_s": [0.5, 0.4]}
+    data = {"meta": {}, "summary": report.summarize(values), "notes": []}
+    # WHEN it is rendered THEN both rows appear, and the ratio of the bests: 1.0 / 0.4
+    text, markdown = report.render_text(data), report.render_markdown(data)
+    for rendered in (text, markdown):
+        assert "6. Lambda cold start, bundled model" in rendered
+        assert "6. same package's floor" in rendered
+        assert "Lambda cold start with the bundled model: 2.50 x its floor" in rendered
+
+
+def test_without_a_package_the_bundled_rows_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    from benchmarks.frontends import bundled_package
+
+    assert bundled_package("the build failed") == "the build failed"
+    why = bundled_package(tmp_path)
+    assert isinstance(why, str) and "not a package with a bundled model" in why

@@ -1,4 +1,4 @@
-"""S3 Batch Operations invocations (schema 1.0 and 2.0) end to end on moto's S3."""
+"""S3 Batch Operations invocations (schema 1.0 and 2.0) end to end on moto and SeaweedFS."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from PIL import Image
 from dinoembed.handler import app
 from dinoembed.handler.events import UnrecognisedEventError, normalise
 from tests.helpers import encode
+from tests.s3_backends import S3Endpoint
 from tests.test_lambda_handler import count_requests, inject_errors
 from tests.test_lambda_support import (
     BUCKET,
@@ -20,7 +21,6 @@ from tests.test_lambda_support import (
     cli_embed,
     cold_lambda,
     load_event,
-    mocked_s3,
     read_sidecar,
     sidecar_keys,
 )
@@ -33,9 +33,9 @@ V2_KEY = "photos/café été.jpeg"  # URL-encoded UTF-8 in s3_batch_v2.json
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Client]:
-    with mocked_s3(monkeypatch) as client:
-        yield client
+def s3(s3_endpoint: S3Endpoint) -> S3Client:
+    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
+    return s3_endpoint.client
 
 
 @pytest.fixture

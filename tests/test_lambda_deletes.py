@@ -1,4 +1,4 @@
-"""Deleting an image deletes its sidecar, only when the image is really gone (moto's S3)."""
+"""Deleting an image deletes its sidecar only when the image is really gone (moto, SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from PIL import Image
 from dinoembed.handler import app
 from dinoembed.handler.s3io import S3Objects
 from tests.helpers import encode
+from tests.s3_backends import S3Endpoint
 from tests.test_lambda_handler import count_requests
 from tests.test_lambda_support import (
     BUCKET,
     SUFFIX,
     cold_lambda,
     load_event,
-    mocked_s3,
     sidecar_keys,
     stamp,
 )
@@ -32,9 +32,9 @@ KEY = "photos/IMG_0001.HEIC"
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Client]:
-    with mocked_s3(monkeypatch) as client:
-        yield client
+def s3(s3_endpoint: S3Endpoint) -> S3Client:
+    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
+    return s3_endpoint.client
 
 
 @pytest.fixture

@@ -139,3 +139,20 @@ def test_missing_and_unreadable_sidecars(s3: S3Client) -> None:
     s3.put_object(Bucket=BUCKET, Key="bad.jpg.dinov2.json", Body=b"{not json")
     found = objects.read_sidecar(BUCKET, "bad.jpg.dinov2.json")
     assert found is not None and found.result is None and found.etag.startswith('"')
+
+
+def test_conditional_sidecar_deletes(s3: S3Client) -> None:
+    # Both backends honour If-Match on DeleteObject; for a key that is already gone
+    # moto answers 404 NoSuchKey and SeaweedFS 412: either way "not deleted".
+    objects = S3Objects(s3)
+    key = "a.jpg.dinov2.json"
+    first = s3.put_object(Bucket=BUCKET, Key=key, Body=b"first")["ETag"]
+    second = s3.put_object(Bucket=BUCKET, Key=key, Body=b"second")["ETag"]
+    # WHEN deleting with the ETag of a sidecar since rewritten THEN it stays
+    assert objects.delete_sidecar(BUCKET, key, suffix=".dinov2.json", etag=first) is False
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"second"
+    # WHEN deleting with the current ETag THEN it is gone
+    assert objects.delete_sidecar(BUCKET, key, suffix=".dinov2.json", etag=second) is True
+    assert s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0
+    # WHEN it is deleted again THEN nothing happens, and that is no error
+    assert objects.delete_sidecar(BUCKET, key, suffix=".dinov2.json", etag=second) is False

@@ -1,6 +1,12 @@
 """S3 faults against the Lambda handler: moto's S3 plus real botocore responses injected
 through the client's ``before-send`` event hook (what moto itself uses to answer).
 
+Every test takes the ``s3_endpoint`` fixture (tests/s3_backends.py): the scenarios a real
+server can stage run on moto *and* SeaweedFS (concurrent deliveries, a deletion racing
+the read, a nearly full /tmp); the injected faults are ``moto_only``, because they are
+answered in botocore (``before-send``, where moto also executes the request, or
+``before-call``) and would test botocore rather than the server.
+
 Documented outcomes (SPEC section 7, handler/process.py) checked here:
 
 - throttling (SlowDown 503) and 500s on GetObject / PutObject / the sidecar read: the
@@ -11,7 +17,10 @@ Documented outcomes (SPEC section 7, handler/process.py) checked here:
 - an object deleted between the event and the read: skipped, not retried, no sidecar;
 - AccessDenied on the image: an error sidecar saying so (a retry cannot help); on the
   sidecar write: the record is retried (it reaches the DLQ after 5 receives);
-- the same event delivered to two invocations at once: exactly one PutObject succeeds;
+- the same event delivered to three invocations at once (own or shared execution
+  environments): exactly one PutObject per image succeeds, every sidecar is current, the
+  only ``batchItemFailures`` is the message that is not an S3 notification, and the CLI's
+  ``backfill`` and ``dupes`` on the ``s3://`` prefix agree with what the function wrote;
 - ``/tmp`` nearly full from a previous warm invocation: the model cannot be cached, every
   record is retried, nothing unverified stays in the cache; a killed download's own
   leftover is cleaned up and the cold start succeeds.
@@ -24,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -41,19 +51,23 @@ from moto.core.botocore_stubber import MockRawResponse
 from moto.s3.responses import S3Response
 from PIL import Image
 
+from dinoembed.cli import main
 from dinoembed.errors import TransientError
 from dinoembed.handler import app
 from dinoembed.handler.observability import make_logger, make_metrics
 from dinoembed.handler.s3io import make_client
-from dinoembed.results import EmbeddingResult
+from dinoembed.results import EmbeddingResult, SourceInfo
 from dinoembed.settings import Settings
+from dinoembed.sidecars import Recipe, Verdict, judge
 from tests.helpers import encode, tmpfs
-from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, load_event, mocked_s3
+from tests.s3_backends import S3Endpoint
+from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, load_event
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 pytestmark = pytest.mark.reliability("S3 faults")
+INJECTED = "faults injected in botocore: nothing for a real server to do"
 
 PHOTOS = ("coffee", "chelsea", "rocket", "astronaut")
 
@@ -194,9 +208,9 @@ def successful_puts(client: Any) -> list[str]:
 
 
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Client]:
-    with mocked_s3(monkeypatch) as client:
-        yield client
+def s3(s3_endpoint: S3Endpoint) -> S3Client:
+    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
+    return s3_endpoint.client
 
 
 @pytest.fixture
@@ -249,6 +263,7 @@ OPERATIONS = [
 ]
 
 
+@pytest.mark.moto_only(INJECTED)
 @pytest.mark.usefixtures("lam")
 @pytest.mark.parametrize(("status", "code"), TRANSIENT, ids=["SlowDown-503", "500"])
 @pytest.mark.parametrize(
@@ -283,6 +298,7 @@ def test_sqs_transient_fault_fails_exactly_its_message_then_redelivery_embeds_it
     assert embedded(s3) == set(images)
 
 
+@pytest.mark.moto_only(INJECTED)
 @pytest.mark.usefixtures("lam")
 @pytest.mark.parametrize(("status", "code"), TRANSIENT, ids=["SlowDown-503", "500"])
 @pytest.mark.parametrize(
@@ -315,6 +331,7 @@ def test_direct_event_with_a_transient_fault_raises_and_keeps_the_rest(
     assert puts == [victim + SUFFIX]
 
 
+@pytest.mark.moto_only(INJECTED)
 @pytest.mark.usefixtures("lam")
 def test_500_after_s3_stored_the_sidecar_is_retried_then_skipped(
     s3: S3Client, images: list[str]
@@ -336,6 +353,7 @@ def test_500_after_s3_stored_the_sidecar_is_retried_then_skipped(
     assert embedded(s3) == set(images)
 
 
+@pytest.mark.moto_only(INJECTED)
 @pytest.mark.parametrize(("fail_first", "embedded_after"), [(2, True), (5, False)])
 def test_botocore_retries_throttling_a_bounded_number_of_times(
     monkeypatch: pytest.MonkeyPatch,
@@ -358,6 +376,7 @@ def test_botocore_retries_throttling_a_bounded_number_of_times(
     assert (images[0] in embedded(s3)) is embedded_after
 
 
+@pytest.mark.moto_only(INJECTED)
 @pytest.mark.usefixtures("lam")
 def test_body_cut_short_is_retried_not_an_error_sidecar(s3: S3Client, images: list[str]) -> None:
     # GIVEN S3 drops the connection halfway through the image's body
@@ -398,6 +417,7 @@ def test_object_deleted_between_event_and_read_is_skipped(s3: S3Client, images: 
     assert set(sidecars(s3)) == set(images) - {victim}
 
 
+@pytest.mark.moto_only(INJECTED)
 @pytest.mark.usefixtures("lam")
 def test_access_denied_on_the_image_writes_an_error_sidecar(
     s3: S3Client, images: list[str]
@@ -416,6 +436,7 @@ def test_access_denied_on_the_image_writes_an_error_sidecar(
     assert embedded(s3) == set(images) - {victim}
 
 
+@pytest.mark.moto_only(INJECTED)
 @pytest.mark.usefixtures("lam")
 def test_access_denied_on_the_sidecar_write_retries_the_record(
     s3: S3Client, images: list[str]
@@ -437,7 +458,8 @@ def test_access_denied_on_the_sidecar_write_retries_the_record(
 @pytest.fixture
 def atomic_conditional_puts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Real S3 evaluates If-None-Match and stores the object atomically; moto checks, then
-    stores, so two threads could both pass the check. Give moto S3's atomicity."""
+    stores, so two threads could both pass the check. Give moto S3's atomicity (no effect
+    on SeaweedFS, whose own atomicity is what the ``[seaweedfs]`` cases test)."""
     lock = threading.Lock()
     original = S3Response.put_object
 
@@ -448,44 +470,137 @@ def atomic_conditional_puts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(S3Response, "put_object", put_object)
 
 
+DELIVERIES = 3
+
+
+def environments(how: str) -> list[app.Runtime]:
+    """``DELIVERIES`` execution environments, cold (own client, own model), or one shared
+    by every delivery (a warm environment running the invocations on threads)."""
+    count = DELIVERIES if how == "own" else 1
+    runtimes = [
+        app.Runtime(Settings(), make_client(), make_logger(), make_metrics()) for _ in range(count)
+    ]
+    return runtimes * (DELIVERIES // count)
+
+
+def hold_puts_until_all_arrive(runtimes: list[app.Runtime], key: str) -> None:
+    """The PutObject of ``key``'s sidecar waits until every delivery has reached it: all of
+    them are then past their sidecar check, and race on the conditional write."""
+    all_ready = threading.Barrier(DELIVERIES, timeout=60)
+
+    def wait_for_the_others(request: Any, **_: Any) -> None:
+        if _matches(request, key + SUFFIX):
+            all_ready.wait()
+
+    for rt in unique(runtimes):
+        rt.s3_client.meta.events.register_first("before-send.s3.PutObject", wait_for_the_others)
+
+
+def unique(runtimes: list[app.Runtime]) -> list[app.Runtime]:
+    return list({id(rt): rt for rt in runtimes}.values())
+
+
+def sidecar_etags(client: S3Client) -> dict[str, str]:
+    listing = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    return {obj["Key"]: obj["ETag"] for obj in listing if obj["Key"].endswith(SUFFIX)}
+
+
+def assert_current(client: S3Client, keys: list[str], model: Path) -> None:
+    """Each key's sidecar records the object as it is now and the model file's digest
+    (hashed here, not taken from the code), and the one currency rule agrees."""
+    found = sidecars(client)
+    for key in keys:
+        head = client.head_object(Bucket=BUCKET, Key=key)
+        result = found[key]
+        assert result.source.etag == head["ETag"] and result.source.size == head["ContentLength"]
+        assert result.model.sha256 == hashlib.sha256(model.read_bytes()).hexdigest()
+        image = SourceInfo(size=head["ContentLength"], etag=head["ETag"])
+        assert judge(result, image, Recipe(result.model, normalize=True)) is Verdict.CURRENT
+
+
 @pytest.mark.usefixtures("atomic_conditional_puts")
+@pytest.mark.parametrize("how", ["own", "shared"])
 @pytest.mark.parametrize("shape", ["sqs", "direct"])
-def test_same_event_in_two_concurrent_invocations_writes_one_sidecar(
+def test_same_event_in_three_concurrent_invocations_writes_one_sidecar_each(
     monkeypatch: pytest.MonkeyPatch,
     s3: S3Client,
     images: list[str],
     tiny_model: Path,
     tmp_path: Path,
     shape: str,
+    how: str,
 ) -> None:
-    # GIVEN two execution environments (own client, own model) receiving the same event,
-    # both past their sidecar check before either writes
+    # GIVEN three deliveries of the same event, all past their sidecar check before any writes
     keys = images[:2]
     event = sqs_event(s3, keys) if shape == "sqs" else direct_event(s3, keys)
     with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_model)):
-        runtimes = [
-            app.Runtime(Settings(), make_client(), make_logger(), make_metrics()) for _ in "ab"
-        ]
-        puts = [successful_puts(rt.s3_client) for rt in runtimes]
-        both_ready = threading.Barrier(2, timeout=60)
-
-        def wait_for_the_other(request: Any, **_: Any) -> None:
-            if _matches(request, keys[0] + SUFFIX):
-                both_ready.wait()
-
-        for rt in runtimes:
-            rt.s3_client.meta.events.register_first("before-send.s3.PutObject", wait_for_the_other)
-        # WHEN both run at once
+        runtimes = environments(how)
+        puts = [successful_puts(rt.s3_client) for rt in unique(runtimes)]
+        hold_puts_until_all_arrive(runtimes, keys[0])
+        # WHEN they run at once
         responses = run_concurrently(monkeypatch, runtimes, event)
-    # THEN each sidecar was written exactly once, by one of them, and is complete
-    assert sorted(puts[0] + puts[1]) == sorted(key + SUFFIX for key in keys)
+    # THEN each sidecar was written exactly once, by one of them, and is complete and current
+    assert sorted(itertools.chain.from_iterable(puts)) == sorted(key + SUFFIX for key in keys)
     assert embedded(s3) == set(keys)
-    # AND both invocations report success: the loser counts the object as done
+    assert_current(s3, keys, tiny_model)
+    # AND every invocation reports success: the losers count the object as done
     if shape == "sqs":
-        assert responses == [{"batchItemFailures": []}] * 2
+        assert responses == [{"batchItemFailures": []}] * DELIVERIES
     else:
         assert sum(r["embedded"] for r in responses) == len(keys)
-        assert sum(r["skipped"] for r in responses) == len(keys)
+        assert sum(r["skipped"] for r in responses) == len(keys) * (DELIVERIES - 1)
+
+
+@pytest.mark.usefixtures("atomic_conditional_puts")
+@pytest.mark.parametrize("how", ["own", "shared"])
+def test_three_deliveries_of_one_sqs_batch_then_backfill_and_dupes_agree(
+    monkeypatch: pytest.MonkeyPatch,
+    s3: S3Client,
+    images: list[str],
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+) -> None:
+    # GIVEN a batch of four photos, a byte-identical copy of one, a file that is not an image,
+    # and a message that is not an S3 notification; delivered three times at once
+    copy_key, broken = "in/copy of coffee.jpg", "in/broken.jpg"
+    original = s3.get_object(Bucket=BUCKET, Key=images[0])["Body"].read()
+    s3.put_object(Bucket=BUCKET, Key=copy_key, Body=original)
+    s3.put_object(Bucket=BUCKET, Key=broken, Body=b"not a JPEG at all")
+    keys = [*images, copy_key, broken]
+    event = sqs_event(s3, keys)
+    garbage = {**event["Records"][0], "messageId": "not-s3", "body": '{"hello": "world"}'}
+    event["Records"].append(garbage)
+    with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_model)):
+        runtimes = environments(how)
+        puts = [successful_puts(rt.s3_client) for rt in unique(runtimes)]
+        hold_puts_until_all_arrive(runtimes, images[0])
+        # WHEN the three deliveries run at once
+        responses = run_concurrently(monkeypatch, runtimes, event)
+    # THEN each hands back only the message that is not an S3 notification
+    assert responses == [{"batchItemFailures": [{"itemIdentifier": "not-s3"}]}] * DELIVERIES
+    # AND every object got exactly one sidecar, current; the broken one an error sidecar
+    assert sorted(itertools.chain.from_iterable(puts)) == sorted(key + SUFFIX for key in keys)
+    assert_current(s3, keys, tiny_model)
+    assert embedded(s3) == set(keys) - {broken}
+    assert (sidecars(s3)[broken].error or "").startswith("not an image")
+    # WHEN the command line backfills the prefix with the same model
+    prefix = f"s3://{BUCKET}/in/"
+    written = sidecar_etags(s3)
+    capsys.readouterr()  # the function's own JSON log lines (Powertools logs to stdout)
+    code = main(["backfill", prefix, "--model", str(tiny_model)])
+    summary = json.loads(capsys.readouterr().out)
+    # THEN it finds the function's sidecars current and writes nothing
+    assert code == 0
+    assert (summary["images"], summary["todo"], summary["embedded"]) == (len(keys), 0, 0)
+    assert sidecar_etags(s3) == written
+    # AND `dupes` finds the byte-identical copy among the function's sidecars
+    assert main(["dupes", prefix, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    exact = [sorted(g["paths"]) for g in doc["groups"] if g["kind"] == "exact"]
+    assert exact == [sorted(f"s3://{BUCKET}/{key}" for key in (images[0], copy_key))]
+    assert doc["images"] == len(keys) - 1  # the error sidecar is no image to compare
 
 
 def run_concurrently(
@@ -522,8 +637,7 @@ def run_concurrently(
 
 # --- /tmp nearly full ---------------------------------------------------------------------
 
-MODEL_BUCKET = "dinoembed-models-example"
-MODEL_KEY = "models/tiny.onnx"
+MODEL_KEY = "models/tiny.onnx"  # in the images' bucket: not an image key, never embedded
 
 
 @pytest.fixture
@@ -536,10 +650,9 @@ def tiny_tmp(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def model_in_s3(s3: S3Client, tiny_model: Path) -> dict[str, str]:
     """The model in S3 and the settings that point the function at it."""
-    s3.create_bucket(Bucket=MODEL_BUCKET)
-    s3.put_object(Bucket=MODEL_BUCKET, Key=MODEL_KEY, Body=tiny_model.read_bytes())
+    s3.put_object(Bucket=BUCKET, Key=MODEL_KEY, Body=tiny_model.read_bytes())
     sha = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
-    return {"model_url": f"s3://{MODEL_BUCKET}/{MODEL_KEY}", "model_sha256": sha}
+    return {"model_url": f"s3://{BUCKET}/{MODEL_KEY}", "model_sha256": sha}
 
 
 def fill(path: Path, leave: int) -> None:

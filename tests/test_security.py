@@ -185,8 +185,16 @@ def find_problems(source: str, path: str = "<source>") -> list[Finding]:
     return found
 
 
+WORK_FOLDERS = (ROOT / "benchmarks" / "out",)  # git-ignored output (e.g. a built Lambda package)
+
+
 def project_modules() -> list[Path]:
-    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+    return sorted(
+        p
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        if not any(p.is_relative_to(work) for work in WORK_FOLDERS)
+    )
 
 
 @pytest.mark.parametrize(
