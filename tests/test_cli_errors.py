@@ -98,6 +98,12 @@ BAD = [
     (["export", "{tmp}/missing", "--format", "npy", "--out", "{tmp}/x.npy"], "not a folder"),
     (["export", "{coll}", "--format", "npy", "--out", "/nonexistent/x.npy"], "does not exist"),
     (["export", "{coll}", "--format", "npy", "--out", "{tmp}"], "--out {tmp}: is a folder"),
+    (["status", "{tmp}/missing"], "{tmp}/missing: not a folder"),
+    (["cluster", "{tmp}/missing"], "{tmp}/missing: not a folder"),
+    (["cluster", "{coll}", "--k", "0"], "--k 0: must be between 1"),
+    (["report", "{tmp}/missing", "--out", "{tmp}/r.html"], "{tmp}/missing: not a folder"),
+    (["report", "{coll}", "--out", "/nonexistent/r.html"], "the folder /nonexistent does not"),
+    (["report", "{coll}", "--out", "{tmp}"], "--out {tmp}: is a folder"),
 ]
 
 
@@ -177,6 +183,10 @@ CLOSED_PIPE = [
     ["export", "{coll}", "--format", "npy", "--out", "{tmp}/v.npy"],
     ["model", "info", "--model", "{model}"],
     ["model", "standin", "{tmp}/s.onnx", "--tiny"],
+    ["status", "{coll}", "--json", "--model", "{model}"],
+    ["cluster", "{coll}", "--json"],
+    ["report", "{coll}", "--out", "{tmp}/r.html"],
+    ["completion", "bash"],
 ]
 
 
