@@ -15,7 +15,7 @@ from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
 from dinoembed.standin import build_tiny
 
-pytest_plugins = ["tests.reliability_plugin", "tests.s3_backends"]
+pytest_plugins = ["tests.reliability_plugin", "tests.s3_backends", "tests.lambda_plugin"]
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,6 @@ from PIL import Image
 from dinoembed.handler import app
 from dinoembed.handler.events import UnrecognisedEventError, normalise
 from tests.helpers import encode
-from tests.s3_backends import S3Endpoint
 from tests.test_lambda_handler import count_requests, inject_errors
 from tests.test_lambda_support import (
     BUCKET,
@@ -30,20 +28,6 @@ if TYPE_CHECKING:
 
 V1_KEY = "photos/red flower.jpg"  # "photos/red+flower.jpg" in s3_batch_v1.json
 V2_KEY = "photos/café été.jpeg"  # URL-encoded UTF-8 in s3_batch_v2.json
-
-
-@pytest.fixture
-def s3(s3_endpoint: S3Endpoint) -> S3Client:
-    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
-    return s3_endpoint.client
-
-
-@pytest.fixture
-def lam(
-    monkeypatch: pytest.MonkeyPatch, s3: S3Client, tiny_model: Path, tmp_path: Path
-) -> Iterator[None]:
-    with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_model)):
-        yield
 
 
 def batch(fixture: str, key: str | None = None) -> dict[str, Any]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,12 +12,10 @@ from PIL import Image
 from dinoembed.handler import app
 from dinoembed.handler.s3io import S3Objects
 from tests.helpers import encode
-from tests.s3_backends import S3Endpoint
 from tests.test_lambda_handler import count_requests
 from tests.test_lambda_support import (
     BUCKET,
     SUFFIX,
-    cold_lambda,
     load_event,
     sidecar_keys,
     stamp,
@@ -29,20 +25,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 KEY = "photos/IMG_0001.HEIC"
-
-
-@pytest.fixture
-def s3(s3_endpoint: S3Endpoint) -> S3Client:
-    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
-    return s3_endpoint.client
-
-
-@pytest.fixture
-def lam(
-    monkeypatch: pytest.MonkeyPatch, s3: S3Client, tiny_model: Path, tmp_path: Path
-) -> Iterator[None]:
-    with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_model)):
-        yield
 
 
 def created(key: str) -> dict[str, Any]:

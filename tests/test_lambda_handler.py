@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -16,7 +16,6 @@ from PIL import Image
 from dinoembed.errors import TransientError
 from dinoembed.handler import app
 from tests.helpers import encode
-from tests.s3_backends import S3Endpoint
 from tests.test_lambda_support import (
     BUCKET,
     SUFFIX,
@@ -37,20 +36,6 @@ SQS_IDS = {
     "garbage": "a8f3c1d2-0b9e-4f6a-9c7d-3e2b1a0f9e8d",
     "deleted": "c0ffee00-1111-4222-8333-944455556666",
 }
-
-
-@pytest.fixture
-def s3(s3_endpoint: S3Endpoint) -> S3Client:
-    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
-    return s3_endpoint.client
-
-
-@pytest.fixture
-def lam(
-    monkeypatch: pytest.MonkeyPatch, s3: S3Client, tiny_model: Path, tmp_path: Path
-) -> Iterator[None]:
-    with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_model)):
-        yield
 
 
 @pytest.fixture

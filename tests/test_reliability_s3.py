@@ -60,7 +60,6 @@ from dinoembed.results import EmbeddingResult, SourceInfo
 from dinoembed.settings import Settings
 from dinoembed.sidecars import Recipe, Verdict, judge
 from tests.helpers import encode, tmpfs
-from tests.s3_backends import S3Endpoint
 from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, load_event
 
 if TYPE_CHECKING:
@@ -205,20 +204,6 @@ def successful_puts(client: Any) -> list[str]:
 
 
 # --- fixtures and checks ------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3(s3_endpoint: S3Endpoint) -> S3Client:
-    """The example bucket on moto, then on SeaweedFS (tests/s3_backends.py)."""
-    return s3_endpoint.client
-
-
-@pytest.fixture
-def lam(
-    monkeypatch: pytest.MonkeyPatch, s3: S3Client, tiny_model: Path, tmp_path: Path
-) -> Iterator[None]:
-    with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_model)):
-        yield
 
 
 @pytest.fixture
