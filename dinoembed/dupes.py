@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Literal
 
 from dinoembed.collection import Entry
 from dinoembed.errors import ConfigError
-from dinoembed.similarity import Matrix, Pairs, UnionFind, similar_pairs
+from dinoembed.similarity import Matrix, Pairs, linked_components, similar_pairs
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def group_duplicates(
         for (a, b), s in scores.items()
         if s >= threshold and a not in copies and b not in copies
     ]
-    components = _constrained_components(len(entries), edges, forbidden)
+    components = linked_components(len(entries), edges, forbidden)
     similar = []
     for members, low, high in components:
         keep, reason = choose_keep([entries[m] for m in members])
@@ -183,37 +183,6 @@ def _exact_groups(
             groups.append(DupeGroup("exact", tuple(sub), sub[keep], reason, low, high))
     groups.sort(key=lambda g: (-len(g.members), entries[g.members[0]].path))
     return groups
-
-
-def _constrained_components(
-    n: int, edges: Iterable[tuple[float, int, int]], forbidden: dict[int, set[int]]
-) -> list[tuple[tuple[int, ...], float, float]]:
-    """Components of size >= 2 joined strongest edge first, never joining a forbidden pair;
-    each with the lowest and highest score of the edges inside it."""
-    ordered = sorted(edges, key=lambda e: (-e[0], e[1], e[2]))
-    sets = UnionFind(n)
-    marked: dict[int, set[int]] = {r: {r} for r in forbidden}  # root -> its constrained rows
-    for _, a, b in ordered:
-        ra, rb = sets.find(a), sets.find(b)
-        if ra == rb:
-            continue
-        mine, theirs = marked.get(ra, set()), marked.get(rb, set())
-        small, other = (mine, rb) if len(mine) <= len(theirs) else (theirs, ra)
-        if any(sets.find(y) == other for x in small for y in forbidden[x]):
-            continue
-        sets.union(a, b)
-        root = sets.find(a)
-        if mine or theirs:
-            marked[root] = mine | theirs
-    stats: dict[int, list[float]] = {}
-    for s, a, b in ordered:
-        if sets.find(a) == sets.find(b):
-            low_high = stats.setdefault(sets.find(a), [s, s])
-            low_high[0], low_high[1] = min(low_high[0], s), max(low_high[1], s)
-    members: dict[int, list[int]] = {}
-    for node in sorted({x for _, a, b in ordered for x in (a, b)}):
-        members.setdefault(sets.find(node), []).append(node)
-    return [(tuple(m), stats[root][0], stats[root][1]) for root, m in members.items() if len(m) > 1]
 
 
 def choose_keep(entries: Sequence[Entry]) -> tuple[int, str]:

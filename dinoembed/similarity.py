@@ -13,12 +13,14 @@ dot product is the cosine.
   few survivors are scored on all dimensions. Nothing above the threshold is ever
   missed; a tile where the filter would keep too much is simply scored in full.
   Tiles are shared out among threads, each with a single-threaded BLAS.
-- :func:`duplicate_groups`: connected components of those pairs (union-find).
+- :func:`linked_components`: connected components of those pairs (union-find), optionally
+  never joining given pairs; :func:`duplicate_groups` on top of it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -282,18 +284,42 @@ def duplicate_groups(
 
 
 def groups_from_pairs(n: int, pairs: Pairs) -> list[Group]:
-    sets = UnionFind(n)
-    for a, b in zip(pairs.left.tolist(), pairs.right.tolist(), strict=True):
-        sets.union(a, b)
-    members: dict[int, list[int]] = {}
-    for node in sorted({*pairs.left.tolist(), *pairs.right.tolist()}):
-        members.setdefault(sets.find(node), []).append(node)
-    low: dict[int, float] = {}
-    high: dict[int, float] = {}
-    for a, s in zip(pairs.left.tolist(), pairs.score.tolist(), strict=True):
-        root = sets.find(a)
-        low[root] = min(low.get(root, s), s)
-        high[root] = max(high.get(root, s), s)
-    groups = [Group(tuple(m), low[root], high[root]) for root, m in members.items()]
+    edges = zip(pairs.score.tolist(), pairs.left.tolist(), pairs.right.tolist(), strict=True)
+    groups = [Group(m, low, high) for m, low, high in linked_components(n, edges)]
     groups.sort(key=lambda g: (-len(g.members), g.members[0]))
     return groups
+
+
+def linked_components(
+    n: int,
+    edges: Iterable[tuple[float, int, int]],
+    forbidden: Mapping[int, set[int]] | None = None,
+) -> list[tuple[tuple[int, ...], float, float]]:
+    """Components of size >= 2 of the graph of ``(score, a, b)`` edges, joined strongest
+    edge first and never joining a pair in ``forbidden`` (row -> rows it must not be
+    grouped with); each with the lowest and highest score of the edges inside it."""
+    forbidden = forbidden or {}
+    ordered = sorted(edges, key=lambda e: (-e[0], e[1], e[2]))
+    sets = UnionFind(n)
+    marked: dict[int, set[int]] = {r: {r} for r in forbidden}  # root -> its constrained rows
+    for _, a, b in ordered:
+        ra, rb = sets.find(a), sets.find(b)
+        if ra == rb:
+            continue
+        mine, theirs = marked.get(ra, set()), marked.get(rb, set())
+        small, other = (mine, rb) if len(mine) <= len(theirs) else (theirs, ra)
+        if any(sets.find(y) == other for x in small for y in forbidden[x]):
+            continue
+        sets.union(a, b)
+        root = sets.find(a)
+        if mine or theirs:
+            marked[root] = mine | theirs
+    stats: dict[int, list[float]] = {}
+    for s, a, b in ordered:
+        if sets.find(a) == sets.find(b):
+            low_high = stats.setdefault(sets.find(a), [s, s])
+            low_high[0], low_high[1] = min(low_high[0], s), max(low_high[1], s)
+    members: dict[int, list[int]] = {}
+    for node in sorted({x for _, a, b in ordered for x in (a, b)}):
+        members.setdefault(sets.find(node), []).append(node)
+    return [(tuple(m), stats[root][0], stats[root][1]) for root, m in members.items() if len(m) > 1]
