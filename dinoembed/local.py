@@ -44,17 +44,11 @@ def iter_images(
 ) -> Iterator[Path]:
     """Image files under ``root`` in a stable (sorted) order, not following symlinked dirs,
     that ``select`` accepts (by their path relative to ``root``)."""
-    if not recursive:
-        for entry in sorted(root.iterdir()):
-            if (
-                entry.is_file()
-                and looks_like_image(entry, suffix)
-                and select.accepts_path(entry, root)
-            ):
-                yield entry
-        return
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        if recursive:
+            dirnames.sort()
+        else:
+            dirnames.clear()
         folder = Path(dirpath)
         for name in sorted(filenames):
             path = folder / name
