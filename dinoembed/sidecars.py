@@ -17,6 +17,7 @@ answered here only:
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,3 +135,16 @@ def judge(
     if not same_image(existing.source, image, sidecar_mtime=sidecar_mtime):
         return Verdict.STALE
     return Verdict.CURRENT
+
+
+def judge_file(
+    existing: EmbeddingResult | None, image: os.stat_result, sidecar: Path, recipe: Recipe
+) -> Verdict:
+    """:func:`judge` for a local image as ``stat`` sees it now (size and mtime); the sidecar
+    file's own mtime serves older sidecars that recorded no image mtime."""
+    try:
+        sidecar_mtime: float | None = sidecar.stat().st_mtime
+    except OSError:
+        sidecar_mtime = None
+    source = SourceInfo(size=image.st_size, mtime=image.st_mtime)
+    return judge(existing, source, recipe, sidecar_mtime=sidecar_mtime)

@@ -18,8 +18,15 @@ import os
 from pathlib import Path
 
 from dinoembed.pathfilter import ALL, PathFilter
-from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo
-from dinoembed.sidecars import Recipe, Verdict, judge, read_sidecar, sidecar_path, write_sidecar
+from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.sidecars import (
+    Recipe,
+    Verdict,
+    judge_file,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +81,7 @@ class Sidecars:
         self, result: EmbeddingResult | None, image_stat: os.stat_result, sidecar: Path
     ) -> Verdict:
         """The core's currency rule for this sidecar and the image as it is now."""
-        try:
-            sidecar_mtime: float | None = sidecar.stat().st_mtime
-        except OSError:
-            sidecar_mtime = None
-        image = SourceInfo(size=image_stat.st_size, mtime=image_stat.st_mtime)
-        return judge(result, image, self.recipe, sidecar_mtime=sidecar_mtime)
+        return judge_file(result, image_stat, sidecar, self.recipe)
 
     def matches(self, result: EmbeddingResult, image_stat: os.stat_result, sidecar: Path) -> bool:
         """Would embedding the image now give this result again?"""

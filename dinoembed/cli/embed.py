@@ -25,9 +25,9 @@ from dinoembed.local import expand_paths, local_item, subfolders
 from dinoembed.pathfilter import PathFilter
 from dinoembed.pipeline import Pipeline
 from dinoembed.progress import Progress
-from dinoembed.results import EmbeddingResult, SourceInfo
+from dinoembed.results import EmbeddingResult
 from dinoembed.settings import Settings
-from dinoembed.sidecars import Verdict, judge, read_sidecar, sidecar_path, write_sidecar
+from dinoembed.sidecars import Verdict, judge_file, read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,10 @@ def _current_results(
         if existing is None:
             continue
         try:
-            image, sidecar_mtime = path.stat(), sidecar.stat().st_mtime
+            image = path.stat()
         except OSError:
             continue
-        source = SourceInfo(size=image.st_size, mtime=image.st_mtime)
-        verdict = judge(existing, source, embedder.recipe, sidecar_mtime=sidecar_mtime)
+        verdict = judge_file(existing, image, sidecar, embedder.recipe)
         if verdict in (Verdict.CURRENT, Verdict.NEWER):
             here = str(path.absolute())
             found[n] = existing.model_copy(update={"file_path": here})
