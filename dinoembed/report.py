@@ -17,14 +17,13 @@ import html
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from dinoembed.atomic import atomic_path
 from dinoembed.clustering import Clustering
 from dinoembed.collection import Collection, Entry, SidecarSource
 from dinoembed.dupes import DupeGroup, human_size
@@ -103,30 +102,24 @@ def write_report(
     rows = collection.rows
     sections = list(_plan(rows, groups, clusters))
     total = sum(len(tiles) for _, tiles, _ in sections)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     counts = [0, 0]
-    try:
-        with (
-            os.fdopen(fd, "w", encoding="utf-8") as fh,
-            Progress(total, stream=stderr) as progress,
-            ThreadPoolExecutor(WORKERS, thread_name_prefix="dinoembed-thumb") as pool,
-        ):
-            _head(fh, collection, groups, clusters, threshold)
-            for heading, tiles, tail in sections:
-                fh.write(heading)
-                for start in range(0, len(tiles), CHUNK):
-                    chunk = tiles[start : start + CHUNK]
-                    for tile, made in zip(chunk, pool.map(_safe(thumbnail), chunk), strict=True):
-                        fh.write(_tile_html(tile, made))
-                        counts[0 if made.uri else 1] += 1
-                    progress.advance(len(chunk))
-                fh.write(tail)
-            fh.write("</body></html>\n")
-        Path(name).chmod(0o644)
-        Path(name).replace(out)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_path(out) as tmp,  # a reader never sees half a page; a failure leaves none
+        tmp.open("w", encoding="utf-8") as fh,
+        Progress(total, stream=stderr) as progress,
+        ThreadPoolExecutor(WORKERS, thread_name_prefix="dinoembed-thumb") as pool,
+    ):
+        _head(fh, collection, groups, clusters, threshold)
+        for heading, tiles, tail in sections:
+            fh.write(heading)
+            for start in range(0, len(tiles), CHUNK):
+                chunk = tiles[start : start + CHUNK]
+                for tile, made in zip(chunk, pool.map(_safe(thumbnail), chunk), strict=True):
+                    fh.write(_tile_html(tile, made))
+                    counts[0 if made.uri else 1] += 1
+                progress.advance(len(chunk))
+            fh.write(tail)
+        fh.write("</body></html>\n")
     return ReportSummary(out, len(groups), len(clusters.clusters), counts[0], counts[1])
 
 
