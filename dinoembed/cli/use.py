@@ -32,9 +32,9 @@ from dinoembed.export import export
 from dinoembed.facts import complete_facts
 from dinoembed.imaging import DecodeLimits
 from dinoembed.report import thumbnail_uri, write_report
-from dinoembed.results import EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.results import EmbeddingResult, ModelInfo
 from dinoembed.settings import Settings
-from dinoembed.sidecars import Recipe, Verdict, judge, read_sidecar, same_space, sidecar_path
+from dinoembed.sidecars import Recipe, Verdict, judge_file, read_sidecar, same_space, sidecar_path
 from dinoembed.similarity import normalize_rows, top_k
 
 if TYPE_CHECKING:
@@ -262,12 +262,11 @@ def current_sidecar(
     if existing is None or not existing.ok or existing.embedding is None:
         return None
     try:
-        st, sidecar_mtime = image.stat(), sidecar.stat().st_mtime
+        st = image.stat()
     except OSError:
         return None
     recipe = Recipe(collection.model, existing.embedding.normalized)  # cosine: either works
-    actual = SourceInfo(size=st.st_size, mtime=st.st_mtime)
-    if judge(existing, actual, recipe, sidecar_mtime=sidecar_mtime) is not Verdict.CURRENT:
+    if judge_file(existing, st, sidecar, recipe) is not Verdict.CURRENT:
         return None
     log.info("%s: using its sidecar %s (no model needed)", image, sidecar)
     return existing
