@@ -17,18 +17,15 @@ trouble marks the object *failed*, to be retried like an embedding.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from dinoembed.errors import DinoEmbedError, SourceGoneError
 from dinoembed.handler.events import ObjectRef
-from dinoembed.handler.process import Report
+from dinoembed.handler.process import Report, log_image
 from dinoembed.handler.s3io import S3Objects
 from dinoembed.local import looks_like_image
 from dinoembed.sidecars import is_sidecar, sidecar_name
-
-log = logging.getLogger(__name__)
 
 
 class SidecarDeleter:
@@ -44,45 +41,28 @@ class SidecarDeleter:
             try:
                 self._one(ref, report)
             except DinoEmbedError as err:
-                report.tally.failed += 1
-                report.failed.append((ref, str(err)))
-                _log(ref, "failed", str(err), level=logging.WARNING)
+                report.fail(ref, str(err), deletion=True)
         return report
 
     def _one(self, ref: ObjectRef, report: Report) -> None:
         if is_sidecar(ref.key, self.suffix):
-            return self._skip(ref, report, "own output (a sidecar was deleted)")
+            return report.skip(ref, "own output (a sidecar was deleted)", deletion=True)
         if not looks_like_image(Path(ref.key), self.suffix):
-            return self._skip(ref, report, "not an image key")
+            return report.skip(ref, "not an image key", deletion=True)
         try:
             self.objects.head(ref.bucket, ref.key)
         except SourceGoneError:
             pass  # really gone: its sidecar goes too
         else:
-            return self._skip(ref, report, "image exists (uploaded again); sidecar kept")
+            return report.skip(ref, "image exists (uploaded again); sidecar kept", deletion=True)
         key = sidecar_name(ref.key, self.suffix)
         sidecar = self.objects.read_sidecar(ref.bucket, key)
         if sidecar is None:
-            return self._skip(ref, report, "no sidecar to delete")
+            return report.skip(ref, "no sidecar to delete", deletion=True)
         if not self.objects.delete_sidecar(ref.bucket, key, suffix=self.suffix, etag=sidecar.etag):
-            return self._skip(ref, report, "sidecar changed meanwhile; kept")
+            return report.skip(ref, "sidecar changed meanwhile; kept", deletion=True)
         report.tally.deleted += 1
-        _log(ref, "deleted", f"sidecar s3://{ref.bucket}/{key} deleted")
+        log_image(
+            ref, "deleted", 0.0, reason=f"sidecar s3://{ref.bucket}/{key} deleted", deletion=True
+        )
         return None
-
-    @staticmethod
-    def _skip(ref: ObjectRef, report: Report, reason: str) -> None:
-        report.tally.skipped += 1
-        _log(ref, "skipped", reason)
-
-
-def _log(ref: ObjectRef, status: str, reason: str, *, level: int = logging.INFO) -> None:
-    extra = {
-        "bucket": ref.bucket,
-        "key": ref.key,
-        "status": status,
-        "action": "delete",
-        "reason": reason,
-        "message_id": ref.message_id,
-    }
-    log.log(level, "%s %s (deletion)", status, ref.uri, extra=extra)

@@ -54,6 +54,17 @@ class Report:
     failed: list[tuple[ObjectRef, str]] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
 
+    def skip(self, ref: ObjectRef, reason: str, *, deletion: bool = False) -> None:
+        """Nothing to do for ``ref`` (counted, logged with the reason)."""
+        self.tally.skipped += 1
+        log_image(ref, "skipped", 0.0, reason=reason, deletion=deletion)
+
+    def fail(self, ref: ObjectRef, reason: str, *, deletion: bool = False) -> None:
+        """``ref`` must be retried (counted, listed for the caller, logged)."""
+        self.tally.failed += 1
+        self.failed.append((ref, reason))
+        log_image(ref, "failed", 0.0, reason=reason, deletion=deletion, level=logging.WARNING)
+
 
 class Processor:
     """Turns announced objects into sidecars; one per execution environment."""
@@ -75,7 +86,7 @@ class Processor:
         except DinoEmbedError as err:
             log.error("model unavailable: %s", err, extra={"error": str(err)})
             for ref in candidates:
-                self._fail(ref, report, f"model unavailable: {err}")
+                report.fail(ref, f"model unavailable: {err}")
             return report
         jobs = [job for ref in candidates if (job := self._plan(ref, embedder, report))]
         self._run(jobs, embedder, report)
@@ -83,10 +94,10 @@ class Processor:
 
     def _wanted(self, ref: ObjectRef, report: Report) -> bool:
         if is_sidecar(ref.key, self.suffix):
-            self._skip(ref, report, "own output (recursion guard)")
+            report.skip(ref, "own output (recursion guard)")
             return False
         if not looks_like_image(Path(ref.key), self.suffix):
-            self._skip(ref, report, "not an image key")
+            report.skip(ref, "not an image key")
             return False
         return True
 
@@ -95,19 +106,19 @@ class Processor:
             meta = self._meta(ref)
             existing = self.objects.read_sidecar(ref.bucket, self._sidecar_key(ref))
         except SourceGoneError as err:
-            self._skip(ref, report, f"object gone: {err}")
+            report.skip(ref, f"object gone: {err}")
             return None
         except DinoEmbedError as err:
-            self._fail(ref, report, str(err))
+            report.fail(ref, str(err))
             return None
         recorded = existing.result if existing else None
         source = SourceInfo(size=meta.size, etag=meta.etag, version_id=meta.version_id)
         verdict = judge(recorded, source, embedder.recipe)
         if verdict is Verdict.CURRENT:
-            self._skip(ref, report, "sidecar is current")
+            report.skip(ref, "sidecar is current")
             return None
         if verdict is Verdict.NEWER:
-            self._skip(ref, report, "sidecar written by a newer dinoembed; left alone")
+            report.skip(ref, "sidecar written by a newer dinoembed; left alone")
             return None
         item = self._item(ref, meta)
         try:
@@ -138,9 +149,9 @@ class Processor:
         outcomes = embedder.embed(job.item for job in to_embed)
         for job, outcome in zip(to_embed, outcomes, strict=True):
             if outcome.disposition is Disposition.GONE:
-                self._skip(job.ref, report, f"object gone: {outcome.reason}")
+                report.skip(job.ref, f"object gone: {outcome.reason}")
             elif outcome.disposition is Disposition.RETRY:
-                self._fail(job.ref, report, outcome.reason)
+                report.fail(job.ref, outcome.reason)
             else:
                 self._write(job, outcome.result, report, outcome.seconds)
 
@@ -151,43 +162,34 @@ class Processor:
                 job.ref.bucket, self._sidecar_key(job.ref), result, replaces=replaces
             )
         except DinoEmbedError as err:
-            self._fail(job.ref, report, f"cannot write sidecar: {err}")
+            report.fail(job.ref, f"cannot write sidecar: {err}")
             return
         if not written:
-            self._skip(job.ref, report, "sidecar written concurrently by another invocation")
+            report.skip(job.ref, "sidecar written concurrently by another invocation")
             return
         if result.ok:
             report.tally.embedded += 1
             report.tally.embed_ms += seconds * 1000.0
         else:
             report.tally.errors += 1
-        _log_image(job.ref, result.status, seconds, error=result.error)
+        log_image(job.ref, result.status, seconds, error=result.error)
 
     def _sidecar_key(self, ref: ObjectRef) -> str:
         return sidecar_name(ref.key, self.suffix)
 
-    @staticmethod
-    def _skip(ref: ObjectRef, report: Report, reason: str) -> None:
-        report.tally.skipped += 1
-        _log_image(ref, "skipped", 0.0, reason=reason)
 
-    @staticmethod
-    def _fail(ref: ObjectRef, report: Report, reason: str) -> None:
-        report.tally.failed += 1
-        report.failed.append((ref, reason))
-        _log_image(ref, "failed", 0.0, reason=reason, level=logging.WARNING)
-
-
-def _log_image(
+def log_image(
     ref: ObjectRef,
     status: str,
     seconds: float,
     *,
     reason: str | None = None,
     error: str | None = None,
+    deletion: bool = False,
     level: int = logging.INFO,
 ) -> None:
-    """One structured line per image: where it is, what happened, how long it took."""
+    """One structured line per image: where it is, what happened, how long it took
+    (``deletion`` for the sidecar removals of deleted images: ``"action": "delete"``)."""
     extra = {
         "bucket": ref.bucket,
         "key": ref.key,
@@ -199,4 +201,8 @@ def _log_image(
         extra["reason"] = reason
     if error:
         extra["error"] = error
+    if deletion:
+        extra["action"] = "delete"
+        log.log(level, "%s %s (deletion)", status, ref.uri, extra=extra)
+        return
     log.log(level, "%s %s", status, ref.uri, extra=extra)
