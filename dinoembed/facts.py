@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
-from PIL import Image, UnidentifiedImageError
-
 from dinoembed.collection import Collection, CollectionCache, Entry, SidecarSource
 from dinoembed.errors import DinoEmbedError
+from dinoembed.imaging import header_size
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 WORKERS = 4
-# EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
-_TRANSPOSED = frozenset({5, 6, 7, 8})
-_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,26 +37,6 @@ class ImageFacts:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
-
-
-def oriented_size(fh: BinaryIO) -> tuple[int, int] | None:
-    """Width and height after EXIF orientation, from the header only; None if unreadable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fh) as img:
-                width, height = img.size
-                try:
-                    orientation = img.getexif().get(_ORIENTATION)
-                except Exception:  # broken EXIF: the pixels are still fine
-                    orientation = None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
-        log.info("cannot read the image header: %s", err)
-        return None
-    except (SyntaxError, EOFError, IndexError, TypeError) as err:
-        log.info("corrupt image header: %s", err)
-        return None
-    return (height, width) if orientation in _TRANSPOSED else (width, height)
 
 
 def measure(fh: BinaryIO, *, digest: bool) -> ImageFacts:
@@ -75,7 +50,7 @@ def measure(fh: BinaryIO, *, digest: bool) -> ImageFacts:
             h.update(chunk)
         sha256 = h.hexdigest()
         fh.seek(0)
-    dims = oriented_size(fh)
+    dims = header_size(fh)
     width, height = dims if dims else (None, None)
     return ImageFacts(size=size, sha256=sha256, width=width, height=height)
 

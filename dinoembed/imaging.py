@@ -12,6 +12,7 @@ import io
 import logging
 import re
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -128,6 +129,32 @@ def probe_format(fh: BinaryIO, head: bytes) -> str | None:
     if name == "PPM":
         return _NETPBM.get(head[:2], "PPM")
     return name
+
+
+# EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
+_TRANSPOSED = frozenset({5, 6, 7, 8})
+_ORIENTATION = 0x0112
+
+
+def header_size(fh: BinaryIO) -> tuple[int, int] | None:
+    """Width and height after EXIF orientation, from the header only (no decoding, the
+    allowlisted formats only); None if unreadable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fh, formats=allowed_formats()) as img:
+                width, height = img.size
+                try:
+                    orientation = img.getexif().get(_ORIENTATION)
+                except Exception:  # broken EXIF: the pixels are still fine
+                    orientation = None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
+        log.info("cannot read the image header: %s", err)
+        return None
+    except (SyntaxError, EOFError, IndexError, TypeError) as err:
+        log.info("corrupt image header: %s", err)
+        return None
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
 
 
 @dataclass(frozen=True, slots=True)
