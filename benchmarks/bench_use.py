@@ -29,14 +29,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-import dinoembed.similarity as sim
-from dinoembed.collection import (
+import dinoembed.collections.similarity as sim
+from dinoembed.collections.collection import (
     Collection,
     CollectionCache,
     Entry,
     collection_from_sidecars,
 )
-from dinoembed.results import Embedding, EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.common.vectors import normalize_rows
+from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
 
 T = TypeVar("T")
 DIM = 384
@@ -57,7 +58,7 @@ def vectors(n: int, planted: int, seed: int = 0) -> tuple[np.ndarray, set[tuple[
     originals = rng.choice(n - planted, planted, replace=False)
     x[n - planted :] = x[originals] + 0.25 * rng.standard_normal((planted, DIM), dtype=np.float32)
     pairs = {(int(o), n - planted + i) for i, o in enumerate(originals)}
-    return sim.normalize_rows(x), pairs
+    return normalize_rows(x), pairs
 
 
 def bench_similar(x: np.ndarray, queries: int = 30) -> dict[str, Any]:

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dinoembed import clustering
-from dinoembed.similarity import normalize_rows
+from dinoembed.collections import clustering
+from dinoembed.common.vectors import normalize_rows
 
 DIM = 384
 

@@ -20,7 +20,7 @@ import numpy as np
 
 
 def time_model(model: Path, batch: int, images: int, threads: int | None) -> dict[str, float]:
-    from dinoembed.engine import Engine, create_session
+    from dinoembed.model.engine import Engine, create_session
 
     engine = Engine(create_session(model, threads), normalize=False)
     size = engine.input_size
@@ -37,9 +37,9 @@ def time_model(model: Path, batch: int, images: int, threads: int | None) -> dic
 
 def agreement(reference: Path, candidate: Path, files: list[Path]) -> dict[str, float]:
     """Cosine similarity of the two models' embeddings of the same preprocessed images."""
-    from dinoembed.engine import Engine, create_session
-    from dinoembed.imaging import DecodeLimits, DecodeTarget, decode
-    from dinoembed.transforms import preprocess
+    from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode
+    from dinoembed.images.transforms import preprocess
+    from dinoembed.model.engine import Engine, create_session
 
     ref = Engine(create_session(reference), normalize=True)
     cand = Engine(create_session(candidate), normalize=True)

@@ -146,7 +146,7 @@ def machine(plan: Plan, batch_size: int, models: Models) -> dict[str, Any]:
     import onnxruntime
     import PIL
 
-    from dinoembed.engine import available_cpus
+    from dinoembed.model.engine import available_cpus
 
     cpu = "unknown"
     with Path("/proc/cpuinfo").open() as fh:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dinoembed.api import Embedder, embed
-    from dinoembed.results import EmbeddingResult
+    from dinoembed.results.schema import EmbeddingResult
 
 __version__ = "0.2.0"
 __all__ = ["Embedder", "EmbeddingResult", "__version__", "embed"]
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "EmbeddingResult":
-        from dinoembed.results import EmbeddingResult
+        from dinoembed.results.schema import EmbeddingResult
 
         return EmbeddingResult
     raise AttributeError(f"module 'dinoembed' has no attribute {name!r}")

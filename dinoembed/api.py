@@ -6,7 +6,7 @@
     results = embedder.embed(["photos/cat.jpg", Path("dog.png"), jpeg_bytes, pil_image])
 
 Inputs are paths (``str`` or :class:`~pathlib.Path`), encoded image bytes, or PIL
-images; results come back as :class:`~dinoembed.results.EmbeddingResult`, in input
+images; results come back as :class:`~dinoembed.results.schema.EmbeddingResult`, in input
 order, bad inputs as error results. Keyword options are the settings' names; those
 left out come from ``DINOEMBED_*`` as on the command line.
 """
@@ -20,10 +20,9 @@ from typing import Any
 from PIL import Image
 
 from dinoembed.errors import ConfigError, NotAnImageError
-from dinoembed.local import local_item
-from dinoembed.model_store import ModelStore
-from dinoembed.pipeline import ImageItem, build_pipeline
-from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.model.store import ModelStore
+from dinoembed.pipeline import ImageItem, build_pipeline, local_item
+from dinoembed.results.schema import EmbeddingResult, ModelInfo
 from dinoembed.settings import Settings
 
 Input = str | Path | bytes | Image.Image

@@ -23,14 +23,14 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from dinoembed.engine import Engine, available_cpus, create_session, is_standin
 from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError, TransientError
-from dinoembed.imaging import DecodeLimits, DecodeTarget, decode_image
-from dinoembed.model_store import ModelSource, ModelStore
-from dinoembed.results import Embedding, EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode_image
+from dinoembed.images.transforms import preprocess
+from dinoembed.model.engine import Engine, available_cpus, create_session, is_standin
+from dinoembed.model.store import ModelSource, ModelStore
+from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.results.sidecars import Recipe
 from dinoembed.settings import Settings
-from dinoembed.sidecars import Recipe
-from dinoembed.transforms import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,17 @@ class ImageItem:
     file_path: str
     load: Loader
     source: SourceInfo = field(default_factory=SourceInfo)
+
+
+def local_item(path: Path) -> ImageItem:
+    """A local file as an input, named by its absolute path, judged by its size and mtime."""
+    absolute = path.absolute()
+    try:
+        stat = absolute.stat()
+        source = SourceInfo(size=stat.st_size, mtime=stat.st_mtime)
+    except OSError:
+        source = SourceInfo()
+    return ImageItem(file_path=str(absolute), load=lambda: absolute, source=source)
 
 
 class Disposition(enum.Enum):

@@ -24,6 +24,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 
+from dinoembed.common.logs import capture_library_warnings
 from dinoembed.errors import TransientError
 from dinoembed.handler.batch_ops import BatchOperations
 from dinoembed.handler.deletes import SidecarDeleter
@@ -32,11 +33,10 @@ from dinoembed.handler.model_fetch import fetchers_with_s3
 from dinoembed.handler.observability import Tally, make_logger, make_metrics, publish
 from dinoembed.handler.process import Processor, Report
 from dinoembed.handler.s3io import S3Objects, make_client
-from dinoembed.logs import capture_library_warnings
-from dinoembed.model_store import ModelStore
+from dinoembed.model.store import ModelStore
 from dinoembed.pipeline import Pipeline, build_pipeline
+from dinoembed.results.sidecars import Recipe
 from dinoembed.settings import Settings
-from dinoembed.sidecars import Recipe
 
 log = logging.getLogger(__name__)
 

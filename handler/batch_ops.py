@@ -14,7 +14,7 @@ from a manifest, with a per-object completion report) invokes the function with
 
 The embedding itself is the handler's ordinary path (:class:`Processor`); afterwards
 each task's sidecar is read back and judged by the one currency rule
-(:func:`dinoembed.sidecars.judge`), so ``Succeeded`` means what it says.
+(:func:`dinoembed.results.sidecars.judge`), so ``Succeeded`` means what it says.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from dinoembed.errors import DinoEmbedError, SourceGoneError, TransientError
 from dinoembed.handler.events import BatchJob, ObjectRef
 from dinoembed.handler.process import Processor, Report
 from dinoembed.handler.s3io import S3Objects
-from dinoembed.local import looks_like_image
-from dinoembed.results import SourceInfo
-from dinoembed.sidecars import Recipe, Verdict, is_sidecar, judge, sidecar_name
+from dinoembed.images.files import looks_like_image
+from dinoembed.results.schema import SourceInfo
+from dinoembed.results.sidecars import Recipe, Verdict, is_sidecar, judge, sidecar_name
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 - :func:`list_objects`: every object under a prefix (``list_objects_v2`` pages of 1,000);
 - :class:`S3SidecarSource`: the sidecars under a prefix as a
-  :class:`~dinoembed.collection.SidecarSource` (stamp = the sidecar's own ETag),
+  :class:`~dinoembed.collections.collection.SidecarSource` (stamp = the sidecar's own ETag),
   read concurrently on a small thread pool;
-- :func:`list_prefix`: a prefix as a :class:`~dinoembed.coverage.Listing` (images with
+- :func:`list_prefix`: a prefix as a :class:`~dinoembed.results.coverage.Listing` (images with
   their ETag and size, sidecars read concurrently) for ``status`` and ``backfill --manifest``;
 - :func:`write_manifest`: an S3 Batch Operations CSV manifest (``backfill --manifest``);
 - backfill: the images without a current sidecar (the core's rule, as the Lambda
@@ -29,17 +29,17 @@ from urllib.parse import quote, quote_plus
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dinoembed.atomic import write_atomic
-from dinoembed.coverage import Listing, assess
+from dinoembed.common.atomic import write_atomic
 from dinoembed.errors import ConfigError, SourceGoneError, TransientError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
 from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects, client_config, map_error
-from dinoembed.local import looks_like_image
+from dinoembed.images.files import looks_like_image
 from dinoembed.pipeline import Pipeline
-from dinoembed.results import EmbeddingResult, SourceInfo, utc_now
-from dinoembed.sidecars import (
+from dinoembed.results.coverage import Listing, assess
+from dinoembed.results.schema import EmbeddingResult, SourceInfo, utc_now
+from dinoembed.results.sidecars import (
     Recipe,
     image_name,
     is_sidecar,

@@ -24,8 +24,8 @@ from dinoembed.errors import DinoEmbedError, SourceGoneError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.process import Report, log_image
 from dinoembed.handler.s3io import S3Objects
-from dinoembed.local import looks_like_image
-from dinoembed.sidecars import is_sidecar, sidecar_name
+from dinoembed.images.files import looks_like_image
+from dinoembed.results.sidecars import is_sidecar, sidecar_name
 
 
 class SidecarDeleter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dinoembed.errors import ModelUnavailableError
-from dinoembed.fetchers import CHUNK, Fetcher, Sink, default_fetchers
+from dinoembed.model.fetchers import CHUNK, Fetcher, Sink, default_fetchers
 
 
 class S3Fetcher:

@@ -5,7 +5,7 @@ For each object announced:
 1. skip it when its key is one of our own sidecars (recursion guard) or not an image;
 2. learn its size and ETag (from the event, else ``HeadObject``); a vanished object
    is skipped;
-3. read its sidecar: if it is current (the core's rule, :func:`dinoembed.sidecars.judge`:
+3. read its sidecar: if it is current (the core's rule, :func:`dinoembed.results.sidecars.judge`:
    this object's version id or ETag, this model, preprocessing and normalisation), or
    written by a newer dinoembed, skip (idempotent under at-least-once delivery);
 4. an object above ``DINOEMBED_MAX_BYTES`` gets an error sidecar without being
@@ -28,11 +28,11 @@ from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
 from dinoembed.handler.s3io import ObjectMeta, S3Objects, Sidecar
-from dinoembed.imaging import check_byte_size
-from dinoembed.local import looks_like_image
+from dinoembed.images.decode import check_byte_size
+from dinoembed.images.files import looks_like_image
 from dinoembed.pipeline import Disposition, ImageItem, Pipeline
-from dinoembed.results import EmbeddingResult, SourceInfo
-from dinoembed.sidecars import Verdict, is_sidecar, judge, sidecar_name
+from dinoembed.results.schema import EmbeddingResult, SourceInfo
+from dinoembed.results.sidecars import Verdict, is_sidecar, judge, sidecar_name
 
 log = logging.getLogger(__name__)
 

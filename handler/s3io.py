@@ -29,8 +29,8 @@ from botocore.exceptions import (
 )
 
 from dinoembed.errors import DinoEmbedError, PermanentError, SourceGoneError, TransientError
-from dinoembed.results import EmbeddingResult
-from dinoembed.sidecars import is_sidecar
+from dinoembed.results.schema import EmbeddingResult
+from dinoembed.results.sidecars import is_sidecar
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinoembed.model.standin import build_tiny
 from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
-from dinoembed.standin import build_tiny
 
 pytest_plugins = ["tests.reliability_plugin", "tests.s3_backends", "tests.lambda_plugin"]
 

@@ -77,7 +77,7 @@ def make_probe(path: Path, *, channels: int = 4, seed: int = 1) -> Path:
 
 def reference_eval_transform(img: Image.Image, size: int = 224) -> NDArray[np.float32]:
     """The DINOv2 eval transform written out from torchvision's documented semantics,
-    independently of dinoembed.transforms: Resize(256) keeps the aspect ratio with the
+    independently of dinoembed.images.transforms: Resize(256) keeps the aspect ratio with the
     short side 256 and the long side int(256 * long / short); CenterCrop(224) offsets are
     int(round((dim - 224) / 2)); ToTensor divides by 255; Normalize uses ImageNet stats."""
     w, h = img.size

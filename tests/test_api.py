@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 import dinoembed
-from dinoembed.imaging import DecodeLimits, decode
-from dinoembed.transforms import preprocess
+from dinoembed.images.decode import DecodeLimits, decode
+from dinoembed.images.transforms import preprocess
 from tests.helpers import encode
 
 ROOT = Path(__file__).resolve().parents[1]

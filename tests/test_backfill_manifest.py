@@ -11,7 +11,7 @@ from urllib.parse import unquote, unquote_plus
 import pytest
 
 from dinoembed.cli import main
-from dinoembed.results import Embedding, EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
 from tests.s3_backends import S3Endpoint
 from tests.test_lambda_support import BUCKET
 

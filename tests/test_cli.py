@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoembed.results import EmbeddingResult
+from dinoembed.results.schema import EmbeddingResult
 from tests.helpers import encode
 
 

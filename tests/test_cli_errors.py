@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from dinoembed.cli.main import main
-from dinoembed.model_store import sha256_file
+from dinoembed.model.store import sha256_file
 from tests.model_server import Script, serve
 from tests.test_cli_exit_status import unprivileged
 from tests.test_watch_support import save_photo

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from dinoembed.cli.main import main
-from dinoembed.results import EmbeddingResult
-from dinoembed.sidecars import read_sidecar
+from dinoembed.results.schema import EmbeddingResult
+from dinoembed.results.sidecars import read_sidecar
 from tests.test_watch_support import save_photo, sidecar_of, stray_files
 
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from dinoembed.cli.main import main
-from dinoembed.results import EmbeddingResult
-from dinoembed.sidecars import read_sidecar
+from dinoembed.results.schema import EmbeddingResult
+from dinoembed.results.sidecars import read_sidecar
 from tests.helpers import encode
 
 SUFFIX = ".dinov2.json"

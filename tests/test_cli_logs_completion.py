@@ -16,7 +16,7 @@ from PIL import Image
 
 from dinoembed.cli.completion import bash_script
 from dinoembed.cli.main import build_parser
-from dinoembed.logs import JsonFormatter
+from dinoembed.common.logs import JsonFormatter
 from tests.helpers import encode
 
 

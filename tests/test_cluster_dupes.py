@@ -19,9 +19,9 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from dinoembed.cli import main
-from dinoembed.facts import measure
-from dinoembed.results import SourceInfo
-from dinoembed.sidecars import write_sidecar
+from dinoembed.collections.facts import measure
+from dinoembed.results.schema import SourceInfo
+from dinoembed.results.sidecars import write_sidecar
 from tests.helpers import encode
 from tests.test_use_support import SUFFIX, result
 

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from dinoembed.results import SCHEMA_VERSION, Embedding, EmbeddingResult, ModelInfo, SourceInfo
-from dinoembed.sidecars import (
+from dinoembed.results.schema import (
+    SCHEMA_VERSION,
+    Embedding,
+    EmbeddingResult,
+    ModelInfo,
+    SourceInfo,
+)
+from dinoembed.results.sidecars import (
     Recipe,
     Verdict,
     image_name,

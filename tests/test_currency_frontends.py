@@ -1,4 +1,4 @@
-"""Both front ends follow the one currency rule (dinoembed.sidecars.judge).
+"""Both front ends follow the one currency rule (dinoembed.results.sidecars.judge).
 
 - a change of ``DINOEMBED_NORMALIZE`` re-embeds (the Lambda used to ignore it);
 - a current sidecar carrying a field this version does not know is left alone
@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from dinoembed.pipeline import build_pipeline
-from dinoembed.results import SCHEMA_VERSION
+from dinoembed.results.schema import SCHEMA_VERSION
+from dinoembed.results.sidecars import read_sidecar, sidecar_path
 from dinoembed.settings import Settings
-from dinoembed.sidecars import read_sidecar, sidecar_path
 from tests.helpers import encode
 from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, load_event, mocked_s3, stamp
 from tests.test_watch_support import run_once

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dinoembed.engine import Engine, available_cpus, create_session
+from dinoembed.common.vectors import normalize_rows
 from dinoembed.errors import ModelFormatError
-from dinoembed.similarity import normalize_rows
-from dinoembed.standin import VitConfig, build_tiny, build_vit
+from dinoembed.model.engine import Engine, available_cpus, create_session
+from dinoembed.model.standin import VitConfig, build_tiny, build_vit
 
 
 @dataclass

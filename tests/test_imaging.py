@@ -15,7 +15,7 @@ from dinoembed.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
-from dinoembed.imaging import DecodeLimits, decode
+from dinoembed.images.decode import DecodeLimits, decode
 from dinoembed.pipeline import ImageItem, Pipeline
 from tests.helpers import encode, png_bomb
 

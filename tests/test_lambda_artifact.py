@@ -32,7 +32,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from dinoembed.standin import build_vit
+from dinoembed.model.standin import build_vit
 from tests.helpers import encode
 from tests.test_lambda_support import BUCKET, REGION, SUFFIX, cli_embed, load_event, stamp
 from tests.test_template import ROOT, sam_binary

@@ -17,7 +17,7 @@ from botocore.exceptions import (
 
 from dinoembed.errors import PermanentError, SourceGoneError, TransientError
 from dinoembed.handler.s3io import S3Objects, S3PermanentError, S3TransientError, map_error
-from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.results.schema import EmbeddingResult, ModelInfo
 from tests.s3_backends import S3Endpoint
 from tests.test_lambda_support import BUCKET, REGION, aws_test_env
 

@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from dinoembed.handler import app
-from dinoembed.results import EmbeddingResult
+from dinoembed.results.schema import EmbeddingResult
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -16,9 +16,9 @@ import pytest
 from moto import mock_aws
 
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
-from dinoembed.fetchers import HttpFetcher
 from dinoembed.handler.model_fetch import fetchers_with_s3
-from dinoembed.model_store import HashingWriter, ModelSource, ModelStore, find_bundled
+from dinoembed.model.fetchers import HttpFetcher
+from dinoembed.model.store import HashingWriter, ModelSource, ModelStore, find_bundled
 from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, Settings
 from tests.helpers import tmpfs
 from tests.model_server import Script, serve
@@ -242,7 +242,7 @@ def test_local_model_hash_is_remembered_until_the_file_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN a local model resolved once (hashed and remembered in the cache folder)
-    import dinoembed.model_store as model_store
+    import dinoembed.model.store as model_store
 
     model = tmp_path / "model.onnx"
     model.write_bytes(BODY)
@@ -270,7 +270,7 @@ def test_local_model_hash_is_remembered_until_the_file_changes(
 def test_downloaded_model_is_not_rehashed_on_later_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dinoembed.model_store as model_store
+    import dinoembed.model.store as model_store
 
     with serve(Script(BODY)) as url:
         _store(tmp_path).resolve(_source(url))  # hashed while streaming

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from dinoembed.errors import PermanentError, SourceGoneError, TransientError
+from dinoembed.images.transforms import preprocess
 from dinoembed.pipeline import Disposition, ImageItem, Pipeline, build_pipeline
 from dinoembed.settings import Settings
-from dinoembed.transforms import preprocess
 from tests.helpers import encode
 from tests.test_imaging import BAD_INPUTS, bad_input_bytes
 

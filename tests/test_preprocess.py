@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoembed.engine import Engine, create_session
-from dinoembed.imaging import DecodeLimits, DecodeTarget, decode
-from dinoembed.transforms import preprocess
+from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode
+from dinoembed.images.transforms import preprocess
+from dinoembed.model.engine import Engine, create_session
 from tests.helpers import cosine, encode, make_probe, reference_eval_transform
 
 LIMITS = DecodeLimits(max_pixels=200_000_000, max_bytes=1 << 30)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from dinoembed.progress import Progress
+from dinoembed.common.progress import Progress
 
 
 class FakeTerminal(io.StringIO):

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from dinoembed.cli import main
-from dinoembed.engine import Engine, create_session
 from dinoembed.errors import ConfigError
-from dinoembed.quantize import quantize_model
-from dinoembed.standin import build_tiny
-from dinoembed.transforms import preprocess
+from dinoembed.images.transforms import preprocess
+from dinoembed.model.engine import Engine, create_session
+from dinoembed.model.quantize import quantize_model
+from dinoembed.model.standin import build_tiny
 
 
 @pytest.fixture(scope="module")

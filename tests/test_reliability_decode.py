@@ -28,10 +28,9 @@ from dinoembed.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
-from dinoembed.imaging import DecodeLimits, DecodeTarget, decode
-from dinoembed.local import local_item
-from dinoembed.pipeline import Pipeline
-from dinoembed.transforms import preprocess
+from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode
+from dinoembed.images.transforms import preprocess
+from dinoembed.pipeline import Pipeline, local_item
 from tests.helpers import encode, png_bomb
 from tests.reliability_plugin import fuzz_examples, tried
 

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from dinoembed.handler import app
-from dinoembed.sidecars import read_sidecar
+from dinoembed.results.sidecars import read_sidecar
 from tests.helpers import encode
 from tests.reliability_plugin import tried
 from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, mocked_s3

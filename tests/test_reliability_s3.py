@@ -56,9 +56,9 @@ from dinoembed.errors import TransientError
 from dinoembed.handler import app
 from dinoembed.handler.observability import make_logger, make_metrics
 from dinoembed.handler.s3io import make_client
-from dinoembed.results import EmbeddingResult, SourceInfo
+from dinoembed.results.schema import EmbeddingResult, SourceInfo
+from dinoembed.results.sidecars import Recipe, Verdict, judge
 from dinoembed.settings import Settings
-from dinoembed.sidecars import Recipe, Verdict, judge
 from tests.helpers import encode, tmpfs
 from tests.test_lambda_support import BUCKET, SUFFIX, cold_lambda, load_event
 

@@ -24,10 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoembed.atomic import is_temp_file
-from dinoembed.local import local_item
-from dinoembed.pipeline import ImageItem, Outcome, Pipeline
-from dinoembed.sidecars import read_sidecar
+from dinoembed.common.atomic import is_temp_file
+from dinoembed.pipeline import ImageItem, Outcome, Pipeline, local_item
+from dinoembed.results.sidecars import read_sidecar
 from tests.reliability_plugin import tried
 from tests.test_watch_support import (
     SUFFIX,

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from dinoembed.cli import main
-from dinoembed.sidecars import write_sidecar
+from dinoembed.results.sidecars import write_sidecar
 from tests.helpers import encode
 from tests.test_use_support import SUFFIX, result
 

@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dinoembed.atomic import is_temp_file, write_atomic
-from dinoembed.results import Embedding, EmbeddingResult, ModelInfo
+from dinoembed.common.atomic import is_temp_file, write_atomic
+from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo
+from dinoembed.results.sidecars import (
+    is_sidecar,
+    parse_result,
+    read_sidecar,
+    sidecar_name,
+    write_sidecar,
+)
 from dinoembed.settings import Settings
-from dinoembed.sidecars import is_sidecar, parse_result, read_sidecar, sidecar_name, write_sidecar
 
 MODEL = ModelInfo(name="m", sha256="a" * 64, preprocess="center-crop", input_size=224)
 
@@ -130,7 +136,7 @@ def test_failed_atomic_write_keeps_the_old_file_and_cleans_up(
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("dinoembed.atomic.os.fsync", disk_full)
+    monkeypatch.setattr("dinoembed.common.atomic.os.fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         write_atomic(target, b"new")
     assert target.read_text() == "old"

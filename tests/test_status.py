@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from dinoembed.cli import main
-from dinoembed.coverage import error_reason
-from dinoembed.model_store import sha256_file
-from dinoembed.results import Embedding, EmbeddingResult, ModelInfo, SourceInfo
-from dinoembed.standin import build_tiny
+from dinoembed.model.standin import build_tiny
+from dinoembed.model.store import sha256_file
+from dinoembed.results.coverage import error_reason
+from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
 from tests.helpers import encode
 from tests.s3_backends import S3Endpoint
 from tests.test_lambda_support import BUCKET

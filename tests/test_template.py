@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from dinoembed.local import IMAGE_EXTENSIONS
+from dinoembed.images.files import IMAGE_EXTENSIONS
 from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, DEFAULT_OUTPUT_SUFFIX
 
 ROOT = Path(__file__).parent.parent

@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 from dinoembed.cli import main
-from dinoembed.collection import FolderSource, load_collection
-from dinoembed.sidecars import read_sidecar
+from dinoembed.collections.collection import FolderSource, load_collection
+from dinoembed.results.sidecars import read_sidecar
 from tests.helpers import encode, make_probe
 from tests.test_use_support import SUFFIX
 

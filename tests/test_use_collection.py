@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dinoembed.collection import (
+from dinoembed.collections.collection import (
     CollectionCache,
     EmptyCollectionError,
     FolderSource,
@@ -17,8 +17,8 @@ from dinoembed.collection import (
     collection_from_sidecars,
     load_collection,
 )
-from dinoembed.results import ModelInfo
-from dinoembed.sidecars import write_sidecar
+from dinoembed.results.schema import ModelInfo
+from dinoembed.results.sidecars import write_sidecar
 from tests.test_use_support import MODEL_A, MODEL_B, SUFFIX, result, unit_rows, write_folder
 
 

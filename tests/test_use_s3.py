@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 
 from dinoembed.cli import main
-from dinoembed.collection import CollectionCache, load_collection
+from dinoembed.collections.collection import CollectionCache, load_collection
 from dinoembed.handler.collection_s3 import QueueError, S3SidecarSource, notification, send_to_queue
 from dinoembed.handler.events import ObjectRef, normalise
 from dinoembed.handler.process import Processor
 from dinoembed.handler.s3io import S3Objects
-from dinoembed.model_store import sha256_file
+from dinoembed.model.store import sha256_file
 from dinoembed.pipeline import Pipeline
-from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.results.schema import EmbeddingResult, ModelInfo
 from tests.helpers import encode
 from tests.s3_backends import S3Endpoint
 from tests.test_lambda_support import BUCKET, REGION

@@ -8,12 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from dinoembed.similarity import (
+from dinoembed.collections.similarity import (
     duplicate_groups,
-    normalize_rows,
     similar_pairs,
     top_k,
 )
+from dinoembed.common.vectors import normalize_rows
 from tests.test_use_support import unit_rows, with_near_duplicates
 
 Pair = tuple[int, int]
@@ -124,7 +124,7 @@ def test_filter_stays_exact_on_one_tight_cluster(
 ) -> None:
     # GIVEN vectors that all point roughly the same way (the filter prunes little), and
     # tiles scored in full always (0.0), when the filter keeps too much (0.02), or never (1.0)
-    monkeypatch.setattr("dinoembed.similarity.DENSE_SHARE", dense_share)
+    monkeypatch.setattr("dinoembed.collections.similarity.DENSE_SHARE", dense_share)
     rng = np.random.default_rng(7)
     centre = unit_rows(rng, 1, 384)
     x = normalize_rows(centre + 0.03 * rng.standard_normal((600, 384)).astype(np.float32))

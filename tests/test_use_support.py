@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from dinoembed.results import Embedding, EmbeddingResult, ModelInfo, SourceInfo
-from dinoembed.sidecars import write_sidecar
+from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.results.sidecars import write_sidecar
 
 SUFFIX = ".dinov2.json"
 MODEL_A = ModelInfo(name="model-a", sha256="a" * 64, preprocess="center-crop", input_size=224)

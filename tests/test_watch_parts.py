@@ -14,8 +14,8 @@ from watchdog.observers.polling import PollingObserver
 
 from dinoembed.errors import ConfigError
 from dinoembed.pipeline import Disposition, Pipeline
+from dinoembed.results.sidecars import write_sidecar
 from dinoembed.settings import Settings
-from dinoembed.sidecars import write_sidecar
 from dinoembed.watcher.daemon import WatchDaemon
 from dinoembed.watcher.events import EnqueueHandler
 from dinoembed.watcher.observer import start_observer, stop_observer

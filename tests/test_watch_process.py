@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dinoembed.sidecars import read_sidecar
+from dinoembed.results.sidecars import read_sidecar
 from tests.test_watch_support import (
     TIMEOUT,
     has_sidecar,

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dinoembed.atomic import is_temp_file
+from dinoembed.common.atomic import is_temp_file
 from dinoembed.pipeline import Pipeline
-from dinoembed.results import EmbeddingResult
+from dinoembed.results.schema import EmbeddingResult
+from dinoembed.results.sidecars import read_sidecar
 from dinoembed.settings import Settings
-from dinoembed.sidecars import read_sidecar
 from dinoembed.watcher.daemon import WatchDaemon
 
 SUFFIX = ".dinov2.json"

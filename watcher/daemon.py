@@ -31,10 +31,10 @@ from typing import Any
 
 from watchdog.observers.api import BaseObserver
 
+from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
-from dinoembed.pathfilter import PathFilter
+from dinoembed.images.pathfilter import PathFilter
 from dinoembed.pipeline import Pipeline
-from dinoembed.progress import Progress
 from dinoembed.settings import Settings
 from dinoembed.watcher.events import EnqueueHandler
 from dinoembed.watcher.observer import ObserverFactory, start_observer, stop_observer

@@ -24,9 +24,9 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from dinoembed.atomic import is_temp_file
-from dinoembed.local import looks_like_image
-from dinoembed.sidecars import image_path, is_sidecar
+from dinoembed.common.atomic import is_temp_file
+from dinoembed.images.files import looks_like_image
+from dinoembed.results.sidecars import image_path, is_sidecar
 from dinoembed.watcher.queue import Touch, WorkQueue
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinoembed.atomic import is_temp_file
-from dinoembed.local import looks_like_image
-from dinoembed.pathfilter import ALL, PathFilter
-from dinoembed.sidecars import image_path, is_sidecar
+from dinoembed.common.atomic import is_temp_file
+from dinoembed.images.files import looks_like_image
+from dinoembed.images.pathfilter import ALL, PathFilter
+from dinoembed.results.sidecars import image_path, is_sidecar
 from dinoembed.watcher.queue import Touch, WorkQueue
 from dinoembed.watcher.sidecars import Sidecars, State
 

@@ -1,6 +1,6 @@
 """What the watcher does with sidecars: is one current, move it, remove it.
 
-Whether a sidecar is *current* is the core's one rule (:func:`dinoembed.sidecars.judge`:
+Whether a sidecar is *current* is the core's one rule (:func:`dinoembed.results.sidecars.judge`:
 the same model, preprocessing and normalisation, the image's size and mtime as they
 are now); one written by a newer dinoembed is left alone. A current sidecar whose
 ``file_path`` names another place (the image or its folder was renamed) is rewritten,
@@ -17,9 +17,9 @@ import logging
 import os
 from pathlib import Path
 
-from dinoembed.pathfilter import ALL, PathFilter
-from dinoembed.results import EmbeddingResult, ModelInfo
-from dinoembed.sidecars import (
+from dinoembed.images.pathfilter import ALL, PathFilter
+from dinoembed.results.schema import EmbeddingResult, ModelInfo
+from dinoembed.results.sidecars import (
     Recipe,
     Verdict,
     judge_file,

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dinoembed.errors import SourceGoneError
-from dinoembed.local import local_item
-from dinoembed.pipeline import Disposition, ImageItem, Outcome, Pipeline
-from dinoembed.results import SourceInfo
+from dinoembed.pipeline import Disposition, ImageItem, Outcome, Pipeline, local_item
+from dinoembed.results.schema import SourceInfo
 from dinoembed.watcher.queue import Pending, Touch, WorkQueue
 from dinoembed.watcher.settle import SettlePolicy
 from dinoembed.watcher.sidecars import Sidecars, State

@@ -15,13 +15,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dinoembed.cli import output, wiring
-from dinoembed.coverage import assess
+from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
-from dinoembed.model_store import sha256_file
-from dinoembed.progress import Progress
-from dinoembed.results import ModelInfo
+from dinoembed.model.store import sha256_file
+from dinoembed.results.coverage import assess
+from dinoembed.results.schema import ModelInfo
+from dinoembed.results.sidecars import Recipe
 from dinoembed.settings import Preprocess, Settings
-from dinoembed.sidecars import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def expected_model(settings: Settings) -> tuple[str, Preprocess]:
 def expected_recipe(settings: Settings) -> Recipe:
     """What a current sidecar must have been made by, from settings alone (no model is
     loaded or downloaded). Only the sha256 and preprocessing identify a model
-    (:func:`dinoembed.sidecars.same_space`); name and input size are descriptive."""
+    (:func:`dinoembed.results.sidecars.same_space`); name and input size are descriptive."""
     sha256, preprocess = expected_model(settings)
     model = ModelInfo(
         name=settings.model_name,

@@ -5,7 +5,7 @@ standard input (``-`` as a path, or ``--files-from -``). A path named on the com
 line that does not exist is an argument error (exit 2, before any model is loaded); one
 read from a list is data: it gets its own error result line ("file not found") and the
 rest of the list is embedded. With ``--skip-current`` an image whose sidecar is current
-(:func:`dinoembed.sidecars.judge`) is not embedded again: its line is the sidecar's
+(:func:`dinoembed.results.sidecars.judge`) is not embedded again: its line is the sidecar's
 result, so the output keeps one line per input.
 """
 
@@ -20,14 +20,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dinoembed.cli import wiring
+from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
-from dinoembed.local import expand_paths, local_item, subfolders
-from dinoembed.pathfilter import PathFilter
-from dinoembed.pipeline import Pipeline
-from dinoembed.progress import Progress
-from dinoembed.results import EmbeddingResult
+from dinoembed.images.files import expand_paths, subfolders
+from dinoembed.images.pathfilter import PathFilter
+from dinoembed.pipeline import Pipeline, local_item
+from dinoembed.results.schema import EmbeddingResult
+from dinoembed.results.sidecars import (
+    Verdict,
+    judge_file,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 from dinoembed.settings import Settings
-from dinoembed.sidecars import Verdict, judge_file, read_sidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from dinoembed.cli import output, wiring
+from dinoembed.common.logs import capture_library_warnings, configure_logging, logs_json, use_json
 from dinoembed.errors import DinoEmbedError
-from dinoembed.logs import capture_library_warnings, configure_logging, logs_json, use_json
 from dinoembed.settings import Settings
 
 log = logging.getLogger("dinoembed")
@@ -53,7 +53,7 @@ def add_suffix_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_filter_options(parser: argparse.ArgumentParser) -> None:
-    """Globs for folder walks (see :class:`dinoembed.local.PathFilter`)."""
+    """Globs for folder walks (see :class:`dinoembed.images.files.PathFilter`)."""
     parser.add_argument(
         "--include",
         action="append",

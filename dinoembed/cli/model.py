@@ -20,7 +20,7 @@ def run_model(args: argparse.Namespace, settings: Settings) -> int:
         return _quantize(args.source, args.out)
     if args.model_command == "standin":
         wiring.check_output(args.out, "OUT")
-        from dinoembed.standin import VitConfig, build_tiny, build_vit
+        from dinoembed.model.standin import VitConfig, build_tiny, build_vit
 
         seed = getattr(args, "seed", 0)
         batch = None if getattr(args, "dynamic_batch", False) else 1
@@ -36,7 +36,7 @@ def run_model(args: argparse.Namespace, settings: Settings) -> int:
             }
         )
         return EXIT_OK
-    from dinoembed.model_store import ModelSource
+    from dinoembed.model.store import ModelSource
 
     resolved = wiring.model_store(settings).resolve(ModelSource.from_settings(settings))
     report: dict[str, Any] = {
@@ -52,7 +52,7 @@ def run_model(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _quantize(source: Path, out: Path) -> int:
-    from dinoembed.quantize import quantize_model
+    from dinoembed.model.quantize import quantize_model
 
     report = quantize_model(source, out)
     output.print_json(
@@ -69,7 +69,7 @@ def _quantize(source: Path, out: Path) -> int:
 
 
 def _describe(path: Path, settings: Settings) -> dict[str, Any]:
-    from dinoembed.engine import create_session, inspect_session, is_standin
+    from dinoembed.model.engine import create_session, inspect_session, is_standin
 
     session = create_session(path, settings.threads)
     spec = inspect_session(session)

@@ -1,7 +1,7 @@
 """``dinoembed status DIR_OR_S3 [--json]``: how much of a folder or prefix is embedded.
 
-The counting is :func:`dinoembed.coverage.assess` (the currency rule of
-:mod:`dinoembed.sidecars`); the model a sidecar must have been made by comes from the
+The counting is :func:`dinoembed.results.coverage.assess` (the currency rule of
+:mod:`dinoembed.results.sidecars`); the model a sidecar must have been made by comes from the
 settings without loading or downloading it (:func:`~dinoembed.cli.backfill.expected_recipe`).
 Exit status: 0 when every image has a current success sidecar, 1 when any is missing,
 stale or failed, 2 when the command cannot run (main's handling of DinoEmbedError).
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dinoembed.cli import output, wiring
 from dinoembed.cli.backfill import expected_recipe
-from dinoembed.coverage import Coverage, assess
+from dinoembed.results.coverage import Coverage, assess
 from dinoembed.settings import Settings
 
 EXIT_COMPLETE, EXIT_INCOMPLETE = 0, 1

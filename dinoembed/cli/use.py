@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dinoembed.cli import output, wiring
-from dinoembed.clustering import MIN_SIZE, Clustering, density, kmeans
-from dinoembed.collection import (
+from dinoembed.collections.clustering import MIN_SIZE, Clustering, density, kmeans
+from dinoembed.collections.collection import (
     Collection,
     CollectionCache,
     Entry,
@@ -26,16 +26,24 @@ from dinoembed.collection import (
     SidecarSource,
     load_collection,
 )
-from dinoembed.dupes import Decisions, DupeGroup, candidates, group_duplicates
+from dinoembed.collections.dupes import Decisions, DupeGroup, candidates, group_duplicates
+from dinoembed.collections.export import export
+from dinoembed.collections.facts import complete_facts
+from dinoembed.collections.report import thumbnail_uri, write_report
+from dinoembed.collections.similarity import top_k
+from dinoembed.common.vectors import normalize_rows
 from dinoembed.errors import ConfigError, ImageError
-from dinoembed.export import export
-from dinoembed.facts import complete_facts
-from dinoembed.imaging import DecodeLimits
-from dinoembed.report import thumbnail_uri, write_report
-from dinoembed.results import EmbeddingResult, ModelInfo
+from dinoembed.images.decode import DecodeLimits
+from dinoembed.results.schema import EmbeddingResult, ModelInfo
+from dinoembed.results.sidecars import (
+    Recipe,
+    Verdict,
+    judge_file,
+    read_sidecar,
+    same_space,
+    sidecar_path,
+)
 from dinoembed.settings import Settings
-from dinoembed.sidecars import Recipe, Verdict, judge_file, read_sidecar, same_space, sidecar_path
-from dinoembed.similarity import normalize_rows, top_k
 
 if TYPE_CHECKING:
     from dinoembed.pipeline import ImageItem
@@ -284,8 +292,7 @@ def _same_model(expected: ModelInfo | None, got: ModelInfo, what: str, hint: str
 
 
 def _query_item(query: str, settings: Settings) -> ImageItem:
-    from dinoembed.local import local_item
-    from dinoembed.pipeline import ImageItem
+    from dinoembed.pipeline import ImageItem, local_item
 
     if wiring.is_s3(query):
         return ImageItem(file_path=query, load=lambda: wiring.read_location(query))
@@ -457,7 +464,7 @@ def _model_json(model: ModelInfo | None) -> dict[str, Any] | None:
 def run_export(settings: Settings, location: str, fmt: str, out: Path) -> int:
     wiring.check_output(out, "--out")
     if fmt == "npy":
-        from dinoembed.export import index_path
+        from dinoembed.collections.export import index_path
 
         wiring.check_output(index_path(out), "--out (its .json index)")
     collection = open_collection(location, settings)

@@ -15,16 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
-from dinoembed.pathfilter import PathFilter  # light: fnmatch only
-from dinoembed.progress import Progress
+from dinoembed.images.pathfilter import PathFilter  # light: fnmatch only
 from dinoembed.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: `dinoembed --help` need not load numpy and Pillow
-    from dinoembed.collection import SidecarSource
-    from dinoembed.coverage import Listing
-    from dinoembed.model_store import ModelStore
+    from dinoembed.collections.collection import SidecarSource
+    from dinoembed.model.store import ModelStore
     from dinoembed.pipeline import Pipeline
+    from dinoembed.results.coverage import Listing
 
 # The third-party packages behind each extra (pyproject.toml [project.optional-dependencies]).
 EXTRAS = {"boto3": "lambda", "botocore": "lambda", "aws_lambda_powertools": "lambda"}
@@ -58,8 +58,8 @@ def s3_client() -> Any:
 
 def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
     """The model store, with the ``s3://`` fetcher when the model URL needs it."""
-    from dinoembed.fetchers import default_fetchers
-    from dinoembed.model_store import ModelStore
+    from dinoembed.model.fetchers import default_fetchers
+    from dinoembed.model.store import ModelStore
 
     if not is_s3(settings.model_url):
         return ModelStore(settings.cache_dir, default_fetchers())
@@ -96,7 +96,7 @@ def open_source(location: str, settings: Settings) -> SidecarSource:
             from dinoembed.handler.collection_s3 import S3SidecarSource, parse_s3_uri
         bucket, prefix = parse_s3_uri(location)
         return S3SidecarSource(s3_client(), bucket, prefix, settings.output_suffix)
-    from dinoembed.collection import FolderSource
+    from dinoembed.collections.collection import FolderSource
 
     root = Path(location)
     if not root.is_dir():
@@ -131,7 +131,7 @@ def list_location(location: str, settings: Settings) -> Listing:
             return list_prefix(
                 client, bucket, prefix, suffix, on_listed=listed.advance, on_read=on_read
             )
-    from dinoembed.coverage import list_folder
+    from dinoembed.results.coverage import list_folder
 
     root = Path(location)
     if not root.is_dir():

@@ -10,7 +10,7 @@ never mixed: :class:`MixedModelsError` names one sidecar of each.
 With a :class:`CollectionCache` only the sidecars whose stamp changed are read
 again; the rest come from a ``.npy`` matrix and a JSON index of sidecar names,
 stamps, image paths, source ETags and image facts (size, sha256, width, height:
-from the sidecar, or measured later by :mod:`dinoembed.facts`). The cache lives in
+from the sidecar, or measured later by :mod:`dinoembed.collections.facts`). The cache lives in
 the dinoembed cache dir, keyed by the collection's location (see docs/use.md for why).
 """
 
@@ -29,12 +29,12 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 from filelock import FileLock
 
-from dinoembed.atomic import is_temp_file, write_atomic
+from dinoembed.common.atomic import is_temp_file, write_atomic
+from dinoembed.common.vectors import Matrix, normalize_rows
 from dinoembed.errors import PermanentError, SourceGoneError
-from dinoembed.pathfilter import ALL, PathFilter
-from dinoembed.results import EmbeddingResult, ModelInfo
-from dinoembed.sidecars import image_name, same_space
-from dinoembed.similarity import Matrix, normalize_rows
+from dinoembed.images.pathfilter import ALL, PathFilter
+from dinoembed.results.schema import EmbeddingResult, ModelInfo
+from dinoembed.results.sidecars import image_name, same_space
 
 log = logging.getLogger(__name__)
 

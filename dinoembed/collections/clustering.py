@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from dinoembed.common.vectors import Matrix, normalize_rows
 from dinoembed.errors import ConfigError
-from dinoembed.similarity import Matrix, normalize_rows
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Writers emit exactly this schema (unknown fields are refused when a result is built
 in code). Readers go through :meth:`EmbeddingResult.read_json`, which ignores fields
 this version does not know, as a newer version may add some; naming, reading and
-judging sidecars is :mod:`dinoembed.sidecars`.
+judging sidecars is :mod:`dinoembed.results.sidecars`.
 """
 
 from __future__ import annotations

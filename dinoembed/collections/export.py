@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dinoembed.atomic import write_atomic
-from dinoembed.collection import Collection
+from dinoembed.collections.collection import Collection
+from dinoembed.common.atomic import write_atomic
 from dinoembed.errors import ConfigError
 
 ExportFormat = Literal["npy", "parquet"]

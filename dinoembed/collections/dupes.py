@@ -14,7 +14,7 @@
   a join that would put a marked pair into one group is skipped, so marking A/B
   also splits A~C~B; marking every pair of a group ("keep all") dissolves it.
 
-Pure over row indices, scores and :class:`~dinoembed.collection.Entry` facts.
+Pure over row indices, scores and :class:`~dinoembed.collections.collection.Entry` facts.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Literal
 
-from dinoembed.collection import Entry
+from dinoembed.collections.collection import Entry
+from dinoembed.collections.similarity import Pairs, linked_components, similar_pairs
+from dinoembed.common.vectors import Matrix
 from dinoembed.errors import ConfigError
-from dinoembed.similarity import Matrix, Pairs, linked_components, similar_pairs
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ OPSET = 17
 INPUT_NAME = "input"  # the production model's tensor names (SPEC §2)
 OUTPUT_NAME = "output"
 PRODUCTION_BATCH = 1  # static: one image per run, like the real model; None = dynamic
-STANDIN_MARK = "dinoembed.standin"  # metadata key; results then name the model "standin:…"
+STANDIN_MARK = "dinoembed.model.standin"  # metadata key; results then name the model "standin:…"
 
 
 def _onnx() -> Any:

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from dinoembed.common.vectors import normalize_rows
 from dinoembed.errors import ModelFormatError
-from dinoembed.similarity import normalize_rows
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def is_standin(session: Session) -> bool:
     meta = getattr(session, "get_modelmeta", None)
     if meta is None:
         return False
-    return "dinoembed.standin" in (meta().custom_metadata_map or {})
+    return "dinoembed.model.standin" in (meta().custom_metadata_map or {})
 
 
 class Engine:

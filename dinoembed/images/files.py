@@ -1,4 +1,4 @@
-"""Local files as pipeline inputs: finding images, naming and reading sidecars."""
+"""Local files: which are images, and finding them in folders."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from dinoembed.atomic import is_temp_file
-from dinoembed.pathfilter import ALL, PathFilter
-from dinoembed.pipeline import ImageItem
-from dinoembed.results import SourceInfo
+from dinoembed.common.atomic import is_temp_file
+from dinoembed.images.pathfilter import ALL, PathFilter
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -78,13 +76,3 @@ def expand_paths(
             yield from iter_images(path, suffix, recursive=recursive, select=select)
         else:
             yield path
-
-
-def local_item(path: Path) -> ImageItem:
-    absolute = path.absolute()
-    try:
-        stat = absolute.stat()
-        source = SourceInfo(size=stat.st_size, mtime=stat.st_mtime)
-    except OSError:
-        source = SourceInfo()
-    return ImageItem(file_path=str(absolute), load=lambda: absolute, source=source)

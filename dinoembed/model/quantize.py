@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinoembed.atomic import atomic_path
-from dinoembed.engine import create_session, inspect_session
+from dinoembed.common.atomic import atomic_path
 from dinoembed.errors import ConfigError, ModelFormatError
+from dinoembed.model.engine import create_session, inspect_session
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from typing import BinaryIO
 
 from filelock import FileLock, Timeout
 
-from dinoembed.atomic import TEMP_SUFFIX, atomic_path, temp_prefix, write_atomic
+from dinoembed.common.atomic import TEMP_SUFFIX, atomic_path, temp_prefix, write_atomic
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
-from dinoembed.fetchers import Fetcher, default_fetchers, fetcher_for
+from dinoembed.model.fetchers import Fetcher, default_fetchers, fetcher_for
 from dinoembed.settings import (
     DEFAULT_MODEL_SHA256,
     DEFAULT_MODEL_SIZE,

@@ -3,7 +3,7 @@
 New sidecars record them (SPEC §4 ``source``); older ones do not. Commands that
 need them (``dupes`` for exact copies and the keep choice, ``report``) call
 :func:`complete_facts` for just the rows they use: it reads each image through its
-source (:meth:`~dinoembed.collection.SidecarSource.open_image`), measures what is
+source (:meth:`~dinoembed.collections.collection.SidecarSource.open_image`), measures what is
 missing (the header for the size in pixels, every byte only when a sha256 is
 needed), and keeps the answers in the collection's cache, so a fact is measured
 once per sidecar version.
@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
-from dinoembed.collection import Collection, CollectionCache, Entry, SidecarSource
+from dinoembed.collections.collection import Collection, CollectionCache, Entry, SidecarSource
 from dinoembed.errors import DinoEmbedError
-from dinoembed.imaging import header_size
+from dinoembed.images.decode import header_size
 
 log = logging.getLogger(__name__)
 

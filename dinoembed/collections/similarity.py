@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from threadpoolctl import threadpool_limits
 
-Matrix = NDArray[np.float32]
+from dinoembed.common.vectors import Matrix
 
 TILE = 1024
 FILTER_RANK = 64
@@ -38,14 +38,6 @@ SLACK = 1e-3
 # When more than this share of a tile survives the filter, score the whole tile instead.
 DENSE_SHARE = 0.02
 BASIS_SAMPLE = 20_000
-
-
-def normalize_rows(matrix: NDArray[np.floating]) -> Matrix:
-    """Rows scaled to unit length (all-zero rows stay zero), as a new float32 array."""
-    out = np.array(matrix, dtype=np.float32, copy=True)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norms, out=out, where=norms > 0)
-    return out
 
 
 def top_k(

@@ -21,8 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dinoembed.atomic import write_atomic
-from dinoembed.results import SCHEMA_VERSION, EmbeddingResult, ModelInfo, SourceInfo
+from dinoembed.common.atomic import write_atomic
+from dinoembed.results.schema import SCHEMA_VERSION, EmbeddingResult, ModelInfo, SourceInfo
 
 
 def sidecar_name(image: str, suffix: str) -> str:

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from dinoembed.atomic import atomic_path
-from dinoembed.clustering import Clustering
-from dinoembed.collection import Collection, Entry, SidecarSource
-from dinoembed.dupes import DupeGroup, human_size
+from dinoembed.collections.clustering import Clustering
+from dinoembed.collections.collection import Collection, Entry, SidecarSource
+from dinoembed.collections.dupes import DupeGroup, human_size
+from dinoembed.common.atomic import atomic_path
+from dinoembed.common.progress import Progress
 from dinoembed.errors import DinoEmbedError, ImageError
-from dinoembed.imaging import DecodeLimits, DecodeTarget, decode
-from dinoembed.progress import Progress
+from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A :class:`Listing` is what a walk found (the folder walk is :func:`list_folder`; the
 S3 one lives in the AWS adapter): every image as it is now, every sidecar and what
-it says. :func:`assess` sorts each image by :func:`dinoembed.sidecars.judge`, the one
+it says. :func:`assess` sorts each image by :func:`dinoembed.results.sidecars.judge`, the one
 currency rule, and counts:
 
 - ``current``: a current success sidecar; ``errors``: a current error sidecar (its
@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dinoembed.atomic import is_temp_file
-from dinoembed.local import looks_like_image
-from dinoembed.pathfilter import ALL, PathFilter
-from dinoembed.results import EmbeddingResult, SourceInfo
-from dinoembed.sidecars import (
+from dinoembed.common.atomic import is_temp_file
+from dinoembed.images.files import looks_like_image
+from dinoembed.images.pathfilter import ALL, PathFilter
+from dinoembed.results.schema import EmbeddingResult, SourceInfo
+from dinoembed.results.sidecars import (
     Recipe,
     Verdict,
     image_name,

@@ -26,7 +26,7 @@ from dinoembed.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
-from dinoembed.transforms import min_decode_size
+from dinoembed.images.transforms import min_decode_size
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Images: finding them on disk, decoding untrusted bytes, the DINOv2 transforms."""

@@ -1,0 +1,1 @@
+"""The model: find, fetch, verify and cache the ONNX file, run it, build stand-ins."""

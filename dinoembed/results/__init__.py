@@ -1,0 +1,1 @@
+"""Results: the sidecar schema, sidecar names and the currency rule, coverage."""
