@@ -61,6 +61,48 @@ def test_every_core_module_is_bound_by_the_core_contract() -> None:
     assert core == listed
 
 
+def layer_modules() -> set[str]:
+    (layers,) = [c for c in contracts() if c["type"] == "layers"]
+    names: list[str] = layers["layers"]  # type: ignore[assignment]
+    return {m.strip() for layer in names for m in layer.split("|")}
+
+
+def test_every_stage_of_the_core_has_its_layer() -> None:
+    # GIVEN the core's modules as the core contract lists them (kept complete above)
+    core = set(contracts()[0]["source_modules"])  # type: ignore[call-overload]
+    # THEN the layers contract places each of them, and the adapters above them
+    assert layer_modules() == core | {f"dinoembed.{a}" for a in ADAPTERS}
+
+
+@pytest.mark.parametrize(
+    ("module", "imported"),
+    [
+        ("images.decode", "dinoembed.pipeline"),  # a decoder reaching up to the pipeline
+        ("model.engine", "dinoembed.collections.similarity"),
+        ("results.sidecars", "dinoembed.api"),
+        ("common.atomic", "dinoembed.results.schema"),
+        ("pipeline", "dinoembed.collections.collection"),  # independent siblings
+        ("model.store", "dinoembed.images.decode"),  # independent siblings
+    ],
+)
+def test_a_lower_stage_importing_a_higher_one_breaks_the_layers(
+    tmp_path: Path, module: str, imported: str
+) -> None:
+    # GIVEN a copy of the package where a stage imports a higher (or sibling) one in a function
+    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / "dinoembed" / f"{module.replace('.', '/')}.py"
+    with target.open("a") as fh:
+        fh.write(f"\n\ndef _sneaky() -> None:\n    import {imported}  # noqa\n")
+    # WHEN import-linter checks the copy
+    run = lint_imports(tmp_path)
+    # THEN the layers contract is broken, naming the import; the other contracts still hold
+    assert run.returncode != 0
+    assert "a lower stage never imports a higher one BROKEN" in run.stdout
+    assert f"dinoembed.{module} -> {imported}" in run.stdout
+    assert "Contracts: 5 kept, 1 broken." in run.stdout
+
+
 @pytest.mark.parametrize(
     ("module", "imported"),
     [
