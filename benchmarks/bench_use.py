@@ -113,7 +113,8 @@ def bench_parse(x: np.ndarray, sample: int = 2000) -> dict[str, Any]:
 def bench_dupes(x: np.ndarray, planted: set[tuple[int, int]]) -> dict[str, Any]:
     tracemalloc.start()  # numpy reports its buffers to tracemalloc
     pairs, took = timed(lambda: sim.similar_pairs(x, THRESHOLD))
-    groups, grouping = timed(lambda: sim.groups_from_pairs(x.shape[0], pairs))
+    edges = list(zip(pairs.score.tolist(), pairs.left.tolist(), pairs.right.tolist(), strict=True))
+    groups, grouping = timed(lambda: sim.linked_components(x.shape[0], edges))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     found = set(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True))

@@ -8,6 +8,7 @@ installs exactly one top-level name.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -153,3 +154,22 @@ def test_the_wheel_adds_one_top_level_name(tmp_path: Path) -> None:
     assert top == {"dinoembed"}
     assert "dinoembed/handler/app.py" in names and "dinoembed/watcher/daemon.py" in names
     assert "dinoembed/cli/main.py" in names
+
+
+def test_every_module_says_what_it_is_for() -> None:
+    # GIVEN every module of the package, the adapters behind their symlinks included
+    modules = sorted(
+        Path(folder, name)
+        for folder, _, names in os.walk(ROOT / "dinoembed", followlinks=True)
+        for name in names
+        if name.endswith(".py")
+    )
+    assert any(m.parent.name == "handler" for m in modules)
+    assert any(m.parent.name == "watcher" for m in modules)
+    # THEN each opens with a docstring whose first line is a sentence of its own
+    silent = [
+        str(m.relative_to(ROOT))
+        for m in modules
+        if not m.read_text().startswith('"""') or len(m.read_text().splitlines()[0]) < 12
+    ]
+    assert silent == []

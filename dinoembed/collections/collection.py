@@ -32,6 +32,7 @@ from filelock import FileLock
 from dinoembed.common.atomic import is_temp_file, write_atomic
 from dinoembed.common.vectors import Matrix, normalize_rows
 from dinoembed.errors import PermanentError, SourceGoneError
+from dinoembed.images.files import walk_files
 from dinoembed.images.pathfilter import ALL, PathFilter
 from dinoembed.results.schema import EmbeddingResult, ModelInfo
 from dinoembed.results.sidecars import image_name, same_space
@@ -87,22 +88,18 @@ class FolderSource:
 
     def listing(self) -> dict[str, str]:
         found: dict[str, str] = {}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            if not self.recursive:
-                dirnames.clear()
-            for name in filenames:
-                if not name.endswith(self.suffix) or is_temp_file(name):
-                    continue
-                path = Path(dirpath) / name
-                relative = path.relative_to(self.root).as_posix()
-                image = image_name(relative, self.suffix)
-                if image is None or not self.select.accepts(image):
-                    continue
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                found[relative] = _stamp(stat)
+        for path in walk_files(self.root, recursive=self.recursive):
+            if not path.name.endswith(self.suffix) or is_temp_file(path.name):
+                continue
+            relative = path.relative_to(self.root).as_posix()
+            image = image_name(relative, self.suffix)
+            if image is None or not self.select.accepts(image):
+                continue
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            found[relative] = _stamp(stat)
         return found
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
