@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from dinoembed.common.atomic import is_temp_file
@@ -40,16 +40,20 @@ def looks_like_image(path: Path, suffix: str) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def walk_files(root: Path, *, recursive: bool) -> Iterator[Path]:
+def walk_files(
+    root: Path, *, recursive: bool, on_folder: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
     """Every file under ``root`` (``recursive``: in sub-folders too) in sorted order,
     never descending into symlinked folders; a folder that cannot be listed is logged
-    and skipped.
+    and skipped. ``on_folder`` is called with each folder listed, before its files.
 
     The one folder walk: finding images (:func:`iter_images`), coverage
     (``results.coverage.list_folder``), collections (``FolderSource.listing``) and the
     watcher's scan all go through it, so they agree on what a folder holds.
     """
     for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
+        if on_folder is not None:
+            on_folder(Path(dirpath))
         if recursive:
             dirnames.sort()
         else:
