@@ -15,6 +15,7 @@ import sys
 import tomllib
 import zipfile
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -23,7 +24,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 ADAPTERS = {"cli", "handler", "watcher"}
 
 
-def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
+def lint_imports(cwd: Path) -> CompletedProcess[str]:
     return subprocess.run(
         [str(LINT_IMPORTS), "--config", str(cwd / "pyproject.toml"), "--no-cache"],
         cwd=cwd,
@@ -31,6 +32,17 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
     )
+
+
+def lint_with_sneaky_import(tmp_path: Path, module: str, imported: str) -> CompletedProcess[str]:
+    """import-linter's verdict on a copy of the package where ``dinoembed.<module>`` imports
+    ``imported`` inside a function body (the adapters copied in, not linked)."""
+    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / "dinoembed" / f"{module.replace('.', '/')}.py"
+    with target.open("a") as fh:
+        fh.write(f"\n\ndef _sneaky() -> None:\n    import {imported}  # noqa\n")
+    return lint_imports(tmp_path)
 
 
 def contracts() -> list[dict[str, object]]:
@@ -90,13 +102,8 @@ def test_a_lower_stage_importing_a_higher_one_breaks_the_layers(
     tmp_path: Path, module: str, imported: str
 ) -> None:
     # GIVEN a copy of the package where a stage imports a higher (or sibling) one in a function
-    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    target = tmp_path / "dinoembed" / f"{module.replace('.', '/')}.py"
-    with target.open("a") as fh:
-        fh.write(f"\n\ndef _sneaky() -> None:\n    import {imported}  # noqa\n")
     # WHEN import-linter checks the copy
-    run = lint_imports(tmp_path)
+    run = lint_with_sneaky_import(tmp_path, module, imported)
     # THEN the layers contract is broken, naming the import; the other contracts still hold
     assert run.returncode != 0
     assert "a lower stage never imports a higher one BROKEN" in run.stdout
@@ -117,24 +124,15 @@ def test_a_forbidden_import_inside_a_function_breaks_the_contract(
     tmp_path: Path, module: str, imported: str
 ) -> None:
     # GIVEN a copy of the package where a core module imports an adapter inside a function
-    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    target = tmp_path / "dinoembed" / f"{module.replace('.', '/')}.py"
-    with target.open("a") as fh:
-        fh.write(f"\n\ndef _sneaky() -> None:\n    import {imported}  # noqa\n")
     # WHEN import-linter checks the copy
-    run = lint_imports(tmp_path)
+    run = lint_with_sneaky_import(tmp_path, module, imported)
     # THEN the core contract is broken, naming the import
     assert run.returncode != 0
     assert f"dinoembed.{module} -> {imported}" in run.stdout
 
 
 def test_the_adapters_may_not_import_each_other(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    with (tmp_path / "dinoembed" / "handler" / "events.py").open("a") as fh:
-        fh.write("\n\ndef _sneaky() -> None:\n    import dinoembed.watcher.scan  # noqa\n")
-    run = lint_imports(tmp_path)
+    run = lint_with_sneaky_import(tmp_path, "handler.events", "dinoembed.watcher.scan")
     assert run.returncode != 0
     assert "never import each other BROKEN" in run.stdout
 
