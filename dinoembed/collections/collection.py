@@ -490,9 +490,13 @@ class CollectionCache:
             if index.get("format") != INDEX_FORMAT or index.get("location") != location:
                 return None
             token = index["token"]
-            matrix = np.load(self._file("vectors", token, ".npy"), mmap_mode="r")
-            offsets = np.load(self._file("offsets", token, ".npy"), mmap_mode="r")
-            rows = np.load(self._file("rows", token, ".npy"), mmap_mode="r")
+            matrix = np.load(
+                self._file("vectors", token, ".npy"), mmap_mode="r", allow_pickle=False
+            )
+            offsets = np.load(
+                self._file("offsets", token, ".npy"), mmap_mode="r", allow_pickle=False
+            )
+            rows = np.load(self._file("rows", token, ".npy"), mmap_mode="r", allow_pickle=False)
             entries = EntryLines(self._file("entries", token, ".jsonl"), offsets, rows)
             model = ModelInfo.model_validate(index["model"]) if index["model"] else None
             snapshot = index.get("snapshot")
