@@ -9,6 +9,7 @@ SIGTERM and SIGINT (it finishes the requests in flight), and the exit status is 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -36,8 +37,19 @@ def run_serve(settings: Settings, location: str | None) -> int:
         timeout_graceful_shutdown=30,
     )
     print(f"dinoembed serve: http://{settings.host}:{settings.port}/", file=sys.stderr)
-    uvicorn.Server(config).run()
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the
+    # handler that was there before it: these ones make that a plain exit with status 0.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
+
+
+def _ignore(signum: int, frame: object) -> None:
+    log.debug("signal %d after shutdown: exiting", signum)
 
 
 def build_app(settings: Settings, location: str | None) -> Starlette:
