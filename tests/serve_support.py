@@ -4,8 +4,16 @@ and the app built over it as ``dinoembed serve`` builds it."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
@@ -58,3 +66,48 @@ def app_over(settings: Settings, location: Path | None) -> Starlette:
 
 def result_of(doc: dict[str, object]) -> EmbeddingResult:
     return EmbeddingResult.read_json(json.dumps(doc))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+def start_server(
+    folder: Path, settings: Settings, tmp: Path, token: str | None = None, *extra: str
+) -> Server:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DINOEMBED_")}
+    env["DINOEMBED_CACHE_DIR"] = str(tmp / "cache")
+    if token:
+        env["DINOEMBED_SERVE_TOKEN"] = token
+    command = [sys.executable, "-m", "dinoembed.cli", "serve", str(folder), "--port", str(port)]
+    command += ["--model", str(settings.model_path), *extra]
+    log = (tmp / f"serve-{port}.log").open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", port, process)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError((tmp / f"serve-{port}.log").read_text())
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.2)
+    server.stop()
+    raise AssertionError("dinoembed serve did not answer within 120 s")

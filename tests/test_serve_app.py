@@ -152,6 +152,7 @@ def test_unknown_routes_and_wrong_methods(
 def test_health_says_version_model_and_index(client: TestClient, folder: Path) -> None:
     doc = client.get("/health").json()
     assert doc["model"]["loaded"] is True and len(doc["model"]["sha256"]) == 64
+    assert doc["model"]["name"] == "standin:tiny"
     assert doc["index"] == str(folder) and doc["version"]
 
 

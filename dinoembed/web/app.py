@@ -258,7 +258,7 @@ def create_app(model: ModelHolder, backend: SearchBackend | None, options: AppOp
         return JSONResponse(
             {
                 "version": __version__,
-                "model": {"sha256": model.sha256, "loaded": model.loaded},
+                "model": {"sha256": model.sha256, "loaded": model.loaded, "name": model.name},
                 "index": backend.location if backend else None,
                 "duplicates_threshold": options.dupes_threshold,
                 "auth": options.token is not None,

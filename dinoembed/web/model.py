@@ -36,6 +36,11 @@ class ModelHolder:
         return self._pipeline is not None
 
     @property
+    def name(self) -> str | None:
+        """The loaded model's name (``standin:…`` for a stand-in), None before it loads."""
+        return self._pipeline.model.name if self._pipeline else None
+
+    @property
     def sha256(self) -> str:
         return self._pipeline.model.sha256 if self._pipeline else self._expected_sha256
 

@@ -43,9 +43,12 @@ async function health() {
     threshold = h.duplicates_threshold;
     needsToken = h.auth;
     $("token-row").hidden = !needsToken;
+    if (sessionStorage.getItem("dinoembed-token")) $("token").placeholder = "(given)";
     $("dupes-note").textContent = "(cosine ≥ " + threshold + ")";
     $("status").textContent = "dinoembed " + h.version + " · " + (h.index || "no collection") +
-      " · model " + h.model.sha256.slice(0, 12) + (h.model.loaded ? " (loaded)" : " (loads on first image)");
+      " · model " + (h.model.name || "") + " " + h.model.sha256.slice(0, 12) +
+      (h.model.loaded ? " (loaded)" : " (loads on first image)") +
+      ((h.model.name || "").startsWith("standin:") ? " · STAND-IN MODEL: scores are meaningless" : "");
   } catch (err) {
     $("status").textContent = "cannot reach the server: " + err.message;
   }
