@@ -56,10 +56,6 @@ def sidecar_vectors(root: Path) -> dict[str, NDArray[np.float32]]:
     return found
 
 
-def serve_settings(settings: Settings, **changes: object) -> Settings:
-    return settings.model_copy(update=changes)
-
-
 def app_over(settings: Settings, location: Path | None) -> Starlette:
     return build_app(settings, None if location is None else str(location))
 

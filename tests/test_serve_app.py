@@ -191,9 +191,10 @@ def test_job_priority_out_of_range_is_400(
     assert response.status_code == 400 and "priority" in response.json()["error"]
 
 
-def test_jobs_are_bounded(folder: Path, tiny_settings: Settings) -> None:
+def test_jobs_are_bounded() -> None:
     from dinoembed.web.jobs import JobStore
 
+    # GIVEN room for two jobs WHEN three arrive THEN the oldest is forgotten
     store = JobStore(2)
     for n in range(3):
         store.put({"job_id": str(n)})
