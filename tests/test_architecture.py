@@ -8,12 +8,14 @@ installs exactly one top-level name.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import tomllib
 import zipfile
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 
@@ -22,7 +24,7 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 ADAPTERS = {"cli", "handler", "watcher"}
 
 
-def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
+def lint_imports(cwd: Path) -> CompletedProcess[str]:
     return subprocess.run(
         [str(LINT_IMPORTS), "--config", str(cwd / "pyproject.toml"), "--no-cache"],
         cwd=cwd,
@@ -30,6 +32,17 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
     )
+
+
+def lint_with_sneaky_import(tmp_path: Path, module: str, imported: str) -> CompletedProcess[str]:
+    """import-linter's verdict on a copy of the package where ``dinoembed.<module>`` imports
+    ``imported`` inside a function body (the adapters copied in, not linked)."""
+    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / "dinoembed" / f"{module.replace('.', '/')}.py"
+    with target.open("a") as fh:
+        fh.write(f"\n\ndef _sneaky() -> None:\n    import {imported}  # noqa\n")
+    return lint_imports(tmp_path)
 
 
 def contracts() -> list[dict[str, object]]:
@@ -89,13 +102,8 @@ def test_a_lower_stage_importing_a_higher_one_breaks_the_layers(
     tmp_path: Path, module: str, imported: str
 ) -> None:
     # GIVEN a copy of the package where a stage imports a higher (or sibling) one in a function
-    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    target = tmp_path / "dinoembed" / f"{module.replace('.', '/')}.py"
-    with target.open("a") as fh:
-        fh.write(f"\n\ndef _sneaky() -> None:\n    import {imported}  # noqa\n")
     # WHEN import-linter checks the copy
-    run = lint_imports(tmp_path)
+    run = lint_with_sneaky_import(tmp_path, module, imported)
     # THEN the layers contract is broken, naming the import; the other contracts still hold
     assert run.returncode != 0
     assert "a lower stage never imports a higher one BROKEN" in run.stdout
@@ -116,24 +124,15 @@ def test_a_forbidden_import_inside_a_function_breaks_the_contract(
     tmp_path: Path, module: str, imported: str
 ) -> None:
     # GIVEN a copy of the package where a core module imports an adapter inside a function
-    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    target = tmp_path / "dinoembed" / f"{module.replace('.', '/')}.py"
-    with target.open("a") as fh:
-        fh.write(f"\n\ndef _sneaky() -> None:\n    import {imported}  # noqa\n")
     # WHEN import-linter checks the copy
-    run = lint_imports(tmp_path)
+    run = lint_with_sneaky_import(tmp_path, module, imported)
     # THEN the core contract is broken, naming the import
     assert run.returncode != 0
     assert f"dinoembed.{module} -> {imported}" in run.stdout
 
 
 def test_the_adapters_may_not_import_each_other(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "dinoembed", tmp_path / "dinoembed", symlinks=False)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    with (tmp_path / "dinoembed" / "handler" / "events.py").open("a") as fh:
-        fh.write("\n\ndef _sneaky() -> None:\n    import dinoembed.watcher.scan  # noqa\n")
-    run = lint_imports(tmp_path)
+    run = lint_with_sneaky_import(tmp_path, "handler.events", "dinoembed.watcher.scan")
     assert run.returncode != 0
     assert "never import each other BROKEN" in run.stdout
 
@@ -153,3 +152,22 @@ def test_the_wheel_adds_one_top_level_name(tmp_path: Path) -> None:
     assert top == {"dinoembed"}
     assert "dinoembed/handler/app.py" in names and "dinoembed/watcher/daemon.py" in names
     assert "dinoembed/cli/main.py" in names
+
+
+def test_every_module_says_what_it_is_for() -> None:
+    # GIVEN every module of the package, the adapters behind their symlinks included
+    modules = sorted(
+        Path(folder, name)
+        for folder, _, names in os.walk(ROOT / "dinoembed", followlinks=True)
+        for name in names
+        if name.endswith(".py")
+    )
+    assert any(m.parent.name == "handler" for m in modules)
+    assert any(m.parent.name == "watcher" for m in modules)
+    # THEN each opens with a docstring whose first line is a sentence of its own
+    silent = [
+        str(m.relative_to(ROOT))
+        for m in modules
+        if not m.read_text().startswith('"""') or len(m.read_text().splitlines()[0]) < 12
+    ]
+    assert silent == []

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dinoembed.collections.collection import (
+    Collection,
     CollectionCache,
     EmptyCollectionError,
+    EntryLines,
     FolderSource,
     MixedModelsError,
     collection_from_sidecars,
     load_collection,
 )
+from dinoembed.images.pathfilter import ALL, PathFilter
 from dinoembed.results.schema import ModelInfo
 from dinoembed.results.sidecars import write_sidecar
 from tests.test_use_support import MODEL_A, MODEL_B, SUFFIX, result, unit_rows, write_folder
@@ -146,14 +151,22 @@ def test_unchanged_collection_reads_nothing_and_keeps_one_vectors_file(tmp_path:
     assert len(list(cache.directory.glob("vectors-*.npy"))) == 1
 
 
-def test_a_damaged_cache_is_rebuilt(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("damaged", "content"),
+    [
+        ("vectors-{}.npy", b"not numpy"),
+        ("offsets-{}.npy", b"not numpy"),
+        ("entries-{}.jsonl", b'["cut off'),  # shorter than its offsets say
+    ],
+)
+def test_a_damaged_cache_is_rebuilt(tmp_path: Path, damaged: str, content: bytes) -> None:
     root = tmp_path / "photos"
     write_folder(root, unit_rows(np.random.default_rng(7), 5, 8))
     source = CountingSource(root)
     cache = cache_for(tmp_path, source)
     load_collection(source, cache)
     index = json.loads(cache.index_path.read_text())
-    (cache.directory / index["vectors"]).write_bytes(b"not numpy")
+    (cache.directory / damaged.format(index["token"])).write_bytes(content)
     source.reads.clear()
     collection, _ = load_collection(source, cache)
     assert len(source.reads) == 5 and len(collection) == 5
@@ -198,3 +211,118 @@ def test_empty_collection_tells_what_to_do(tmp_path: Path) -> None:
     collection, _ = load_collection(FolderSource(tmp_path / "empty", SUFFIX))
     with pytest.raises(EmptyCollectionError, match="dinoembed backfill"):
         collection.require_vectors()
+
+
+class ListingCounter(CountingSource):
+    """Also counts full listings (the walk over every file)."""
+
+    def __init__(self, root: Path, select: PathFilter = ALL) -> None:
+        super().__init__(root)
+        self.select = select
+        self.listings = 0
+
+    def listing(self) -> dict[str, str]:
+        self.listings += 1
+        return super().listing()
+
+
+def settled(*folders: Path, age: float = 30.0) -> None:
+    """Give folders a modification time well before now, as a folder nobody touched has."""
+    then = time.time() - age
+    for folder in folders:
+        os.utime(folder, (then, then))
+
+
+def test_a_warm_collection_is_memory_mapped_and_parsed_lazily(tmp_path: Path) -> None:
+    # GIVEN a folder collection loaded once into its cache
+    root = tmp_path / "photos"
+    vectors = unit_rows(np.random.default_rng(20), 6, 8)
+    images = write_folder(root, vectors)
+    source = FolderSource(root, SUFFIX)
+    cache = cache_for(tmp_path, source)
+    load_collection(source, cache)
+    # WHEN it is loaded again
+    collection, _ = load_collection(source, cache)
+    # THEN the matrix is a read-only map of the cache file, and each row's entry is there
+    assert isinstance(collection.matrix, np.memmap) and not collection.matrix.flags.writeable
+    assert isinstance(collection.entries, EntryLines)
+    np.testing.assert_allclose(collection.matrix, vectors, atol=1e-6)
+    assert [collection.row(i).path for i in range(6)] == [str(p) for p in images]
+    assert [e.path for e in collection.entries] == [str(p) for p in images]
+
+
+def test_an_unchanged_folder_is_not_listed_again(tmp_path: Path) -> None:
+    # GIVEN a tree whose folders were last modified a while ago, loaded once
+    root = tmp_path / "photos"
+    write_folder(root, unit_rows(np.random.default_rng(21), 4, 8))
+    (root / "sub").mkdir()
+    write_sidecar(result(str(root / "sub/z.png"), [1] * 8), root / "sub" / ("z.png" + SUFFIX))
+    settled(root, root / "sub")
+    source = ListingCounter(root)
+    cache = cache_for(tmp_path, source)
+    first, _ = load_collection(source, cache)
+    # WHEN it is loaded again, from a new source object as a new command would
+    again = ListingCounter(root)
+    collection, stats = load_collection(again, cache)
+    # THEN nothing was listed or read, and the collection is the same
+    assert (again.listings, again.reads) == (0, [])
+    assert (stats.listed, stats.read, stats.reused) == (5, 0, 5)
+    assert collection.paths == first.paths
+    np.testing.assert_array_equal(collection.matrix, first.matrix)
+
+
+@pytest.mark.parametrize("where", [".", "sub"])
+def test_a_sidecar_added_removed_or_replaced_is_seen(tmp_path: Path, where: str) -> None:
+    # GIVEN a tree, and a way to load it after its folders settled (so the folder check,
+    # not the timestamp margin, is what decides) and then after one change
+    root = tmp_path / "photos"
+    images = write_folder(root, unit_rows(np.random.default_rng(22), 3, 8))
+    (root / "sub").mkdir()
+    write_sidecar(result(str(root / "sub/z.png"), [1] * 8), root / "sub" / ("z.png" + SUFFIX))
+    source = ListingCounter(root)
+    cache = cache_for(tmp_path, source)
+    folder = root / where
+    new = folder / ("new.png" + SUFFIX)
+
+    def after(change: Callable[[], None]) -> tuple[Collection, int]:
+        settled(root, root / "sub")
+        load_collection(ListingCounter(root), cache)
+        change()
+        counter = ListingCounter(root)
+        return load_collection(counter, cache)[0], counter.listings
+
+    # WHEN a sidecar is added in one folder (written as dinoembed writes: temp file, rename)
+    added, listings = after(lambda: write_sidecar(result(str(folder / "new.png"), [2] * 8), new))
+    # THEN the next load lists again and has it; likewise after a removal and a rewrite
+    assert listings == 1 and str(folder / "new.png") in added.paths and len(added) == 5
+    removed, listings = after(new.unlink)
+    assert listings == 1 and str(folder / "new.png") not in removed.paths and len(removed) == 4
+    first = result(str(images[0]), [0, 0, 0, 0, 0, 0, 0, 3])
+    rewritten, listings = after(lambda: write_sidecar(first, root / (images[0].name + SUFFIX)))
+    assert listings == 1
+    np.testing.assert_allclose(rewritten.matrix[0], [0, 0, 0, 0, 0, 0, 0, 1])
+
+
+def test_a_folder_modified_around_its_listing_is_listed_again(tmp_path: Path) -> None:
+    # GIVEN a folder changed just now (within the timestamp margin of the listing)
+    root = tmp_path / "photos"
+    write_folder(root, unit_rows(np.random.default_rng(23), 3, 8))
+    source = ListingCounter(root)
+    cache = cache_for(tmp_path, source)
+    load_collection(source, cache)
+    # WHEN it is loaded again at once
+    again = ListingCounter(root)
+    load_collection(again, cache)
+    # THEN the folder is not trusted: it is listed (a change in that instant is not missed)
+    assert again.listings == 1
+
+
+def test_another_include_filter_lists_again(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    write_folder(root, unit_rows(np.random.default_rng(24), 3, 8))
+    settled(root)
+    cache = cache_for(tmp_path, ListingCounter(root))
+    load_collection(ListingCounter(root), cache)
+    narrowed = ListingCounter(root, PathFilter(include=("img-0000*",)))
+    collection, _ = load_collection(narrowed, cache)
+    assert narrowed.listings == 1 and len(collection) == 1

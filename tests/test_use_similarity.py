@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from dinoembed.collections.similarity import (
-    duplicate_groups,
+    linked_components,
     similar_pairs,
     top_k,
 )
@@ -17,6 +17,14 @@ from dinoembed.common.vectors import normalize_rows
 from tests.test_use_support import unit_rows, with_near_duplicates
 
 Pair = tuple[int, int]
+Component = tuple[tuple[int, ...], float, float]
+
+
+def components(x: NDArray[np.float32], threshold: float, *, tile: int) -> list[Component]:
+    """The duplicate groups as ``dupes`` builds them: components of the similar pairs."""
+    pairs = similar_pairs(x, threshold, tile=tile)
+    edges = zip(pairs.score.tolist(), pairs.left.tolist(), pairs.right.tolist(), strict=True)
+    return linked_components(x.shape[0], edges)
 
 
 def brute_pairs(x: NDArray[np.float32], threshold: float) -> set[Pair]:
@@ -138,17 +146,15 @@ def test_filter_stays_exact_on_one_tight_cluster(
 def test_groups_match_connected_components_of_the_reference_graph() -> None:
     rng = np.random.default_rng(3)
     x = with_near_duplicates(rng, unit_rows(rng, 900, 384), 300, noise=0.012)
-    groups = duplicate_groups(x, 0.95, tile=256)
-    assert {frozenset(g.members) for g in groups} == brute_groups(x, 0.95)
-    assert any(len(g.members) > 2 for g in groups)
-    sizes = [len(g.members) for g in groups]
-    assert sizes == sorted(sizes, reverse=True)
-    assert all(0.95 <= g.min_score <= g.max_score <= 1.0 + 1e-6 for g in groups)
+    groups = components(x, 0.95, tile=256)
+    assert {frozenset(members) for members, _, _ in groups} == brute_groups(x, 0.95)
+    assert any(len(members) > 2 for members, _, _ in groups)
+    assert all(0.95 <= low <= high <= 1.0 + 1e-6 for _, low, high in groups)
 
 
 def test_no_groups_among_distinct_vectors() -> None:
     x = unit_rows(np.random.default_rng(4), 500, 384)
-    assert duplicate_groups(x, 0.95, tile=64) == []
+    assert components(x, 0.95, tile=64) == []
 
 
 @settings(max_examples=40, deadline=None)
@@ -165,5 +171,5 @@ def test_groups_property_any_shape_and_tile(
     x = unit_rows(np.random.default_rng(seed), n, dim)
     if not margin_ok(x, threshold):
         return
-    groups = duplicate_groups(x, threshold, tile=tile)
-    assert {frozenset(g.members) for g in groups} == brute_groups(x, threshold)
+    groups = components(x, threshold, tile=tile)
+    assert {frozenset(members) for members, _, _ in groups} == brute_groups(x, threshold)

@@ -1,0 +1,1 @@
+"""The folder adapter: a watchdog daemon that embeds images as they land in a folder."""

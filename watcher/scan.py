@@ -14,14 +14,13 @@ a process killed between writing a sidecar and renaming it into place) are remov
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dinoembed.common.atomic import is_temp_file
-from dinoembed.images.files import looks_like_image
+from dinoembed.images.files import looks_like_image, walk_files
 from dinoembed.images.pathfilter import ALL, PathFilter
 from dinoembed.results.sidecars import image_path, is_sidecar
 from dinoembed.watcher.queue import Touch, WorkQueue
@@ -37,28 +36,6 @@ class ScanReport:
     current: int = 0
     orphans_removed: int = 0
     temps_removed: int = 0
-
-
-def walk_files(folder: Path, *, recursive: bool) -> Iterator[Path]:
-    """Files under ``folder`` in sorted order, never descending into symlinked folders."""
-    if not recursive:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as err:
-            log.warning("cannot list %s: %s", folder, err.strerror or err)
-            return
-        for entry in entries:
-            if not entry.is_dir(follow_symlinks=False):
-                yield Path(entry.path)
-        return
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=_walk_error):
-        dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath, name)
-
-
-def _walk_error(err: OSError) -> None:
-    log.warning("cannot list %s: %s", err.filename, err.strerror or err)
 
 
 def count_images(folder: Path, suffix: str, *, recursive: bool, select: PathFilter = ALL) -> int:

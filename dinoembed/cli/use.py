@@ -210,11 +210,13 @@ def run_similar(
     collection = open_collection(location, settings)
     vector, query_path = query_vector(query, collection, settings)
     idx, scores = top_k(collection.matrix, vector, top + 1)
-    rows = collection.rows
+    found = [
+        (collection.row(i), float(s)) for i, s in zip(idx.tolist(), scores.tolist(), strict=True)
+    ]
     hits = [
-        (rows[i], float(score))
-        for i, score in zip(idx.tolist(), scores.tolist(), strict=True)
-        if rows[i].path != query_path and (min_score is None or score >= min_score)
+        (entry, score)
+        for entry, score in found
+        if entry.path != query_path and (min_score is None or score >= min_score)
     ][:top]
     if as_json:
         doc = {

@@ -8,38 +8,53 @@ left out (and counted). Embeddings of different models or preprocessing are
 never mixed: :class:`MixedModelsError` names one sidecar of each.
 
 With a :class:`CollectionCache` only the sidecars whose stamp changed are read
-again; the rest come from a ``.npy`` matrix and a JSON index of sidecar names,
-stamps, image paths, source ETags and image facts (size, sha256, width, height:
-from the sidecar, or measured later by :mod:`dinoembed.collections.facts`). The cache lives in
-the dinoembed cache dir, keyed by the collection's location (see docs/use.md for why).
+again; the rest come from a ``.npy`` matrix and a file of entries (sidecar names,
+stamps, image paths, source ETags and image facts: size, sha256, width, height, from
+the sidecar or measured later by :mod:`dinoembed.collections.facts`). The cache lives
+in the dinoembed cache dir, keyed by the collection's location (see docs/use.md for why).
+
+A warm start costs next to nothing at any size: the matrix is memory-mapped, not read;
+entries are parsed only when asked for (``similar`` reads ten of a million); and a
+folder whose sub-folders all keep the modification times recorded at the last listing
+is not listed again (:meth:`FolderSource.unchanged_since`; sidecars are only ever
+replaced by rename, which changes their folder's mtime).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import mmap
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, overload, runtime_checkable
 
 import numpy as np
 from filelock import FileLock
+from numpy.typing import NDArray
 
 from dinoembed.common.atomic import is_temp_file, write_atomic
 from dinoembed.common.vectors import Matrix, normalize_rows
 from dinoembed.errors import PermanentError, SourceGoneError
+from dinoembed.images.files import walk_files
 from dinoembed.images.pathfilter import ALL, PathFilter
 from dinoembed.results.schema import EmbeddingResult, ModelInfo
 from dinoembed.results.sidecars import image_name, same_space
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 2  # 2: entries carry size, sha256, width, height
+INDEX_FORMAT = 3  # 3: entries as JSON lines beside index.json, the matrix memory-mapped
 NOT_A_ROW = -1
+# A folder modified this close to (or after) the start of the listing that recorded it
+# may have changed while it was listed (file timestamps are coarse): it is not trusted.
+RACY_NS = 2_000_000_000
 
 
 class MixedModelsError(PermanentError):
@@ -70,6 +85,19 @@ class SidecarSource(Protocol):
         ...
 
 
+@runtime_checkable
+class ChangeAware(Protocol):
+    """A source that can tell, cheaply, that nothing changed since a listing."""
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """What the last :meth:`listing` saw, for :meth:`unchanged_since` next time."""
+        ...
+
+    def unchanged_since(self, snapshot: Mapping[str, Any]) -> bool:
+        """True only when a listing now would certainly give the same answer."""
+        ...
+
+
 class FolderSource:
     """Sidecars under a local folder (recursively by default); names are relative paths."""
 
@@ -80,6 +108,7 @@ class FolderSource:
         self.suffix = suffix
         self.recursive = recursive
         self.select = select  # by the image's relative path (the sidecar's minus the suffix)
+        self._snapshot: dict[str, Any] | None = None
 
     @property
     def location(self) -> str:
@@ -87,23 +116,59 @@ class FolderSource:
 
     def listing(self) -> dict[str, str]:
         found: dict[str, str] = {}
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            if not self.recursive:
-                dirnames.clear()
-            for name in filenames:
-                if not name.endswith(self.suffix) or is_temp_file(name):
-                    continue
-                path = Path(dirpath) / name
-                relative = path.relative_to(self.root).as_posix()
-                image = image_name(relative, self.suffix)
-                if image is None or not self.select.accepts(image):
-                    continue
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                found[relative] = _stamp(stat)
+        listed_at = time.time_ns()
+        folders: dict[str, int] = {}
+
+        def seen(folder: Path) -> None:
+            with contextlib.suppress(OSError):
+                folders[folder.relative_to(self.root).as_posix()] = folder.stat().st_mtime_ns
+
+        for path in walk_files(self.root, recursive=self.recursive, on_folder=seen):
+            if not path.name.endswith(self.suffix) or is_temp_file(path.name):
+                continue
+            relative = path.relative_to(self.root).as_posix()
+            image = image_name(relative, self.suffix)
+            if image is None or not self.select.accepts(image):
+                continue
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            found[relative] = _stamp(stat)
+        self._snapshot = {"walk": self.walk_key(), "listed_at_ns": listed_at, "folders": folders}
         return found
+
+    def walk_key(self) -> list[Any]:
+        """What decides which files a listing sees (recursion, --include, --exclude)."""
+        return [self.recursive, list(self.select.include), list(self.select.exclude)]
+
+    def snapshot(self) -> dict[str, Any] | None:
+        return self._snapshot
+
+    def unchanged_since(self, snapshot: Mapping[str, Any]) -> bool:
+        """Every folder the listing walked still has the mtime it had then (a sidecar
+        added, removed or replaced by rename changes it; so does a new sub-folder), and
+        none was modified around the time of that listing. A sidecar rewritten in place
+        by another program is not noticed until its folder changes."""
+        try:
+            if snapshot["walk"] != self.walk_key():
+                return False
+            cutoff = int(snapshot["listed_at_ns"]) - RACY_NS
+            folders = dict(snapshot["folders"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        if "." not in folders:
+            return False
+        for relative, mtime in folders.items():
+            if not isinstance(mtime, int) or mtime >= cutoff:
+                return False
+            try:
+                if (self.root / relative).stat().st_mtime_ns != mtime:
+                    return False
+            except OSError:
+                return False
+        self._snapshot = dict(snapshot)
+        return True
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
         for name in names:
@@ -150,16 +215,30 @@ class Entry:
 
 @dataclass(frozen=True)
 class Collection:
-    """Entries sorted by sidecar name; ``matrix`` holds the successful ones, in that order."""
+    """Entries sorted by sidecar name; ``matrix`` holds the successful ones, in that order.
+
+    ``snapshot``: what the source looked like when it was listed (see :class:`ChangeAware`).
+    """
 
     location: str
     model: ModelInfo | None
-    entries: tuple[Entry, ...]
+    entries: Sequence[Entry]
     matrix: Matrix
+    snapshot: Mapping[str, Any] | None = None
+
+    @cached_property
+    def _row_positions(self) -> Sequence[int] | NDArray[np.int64]:
+        if isinstance(self.entries, EntryLines):
+            return self.entries.row_positions
+        return [i for i, e in enumerate(self.entries) if e.row != NOT_A_ROW]
+
+    def row(self, row: int) -> Entry:
+        """The entry of matrix row ``row`` (without touching the others)."""
+        return self.entries[int(self._row_positions[row])]
 
     @property
     def rows(self) -> list[Entry]:
-        return [e for e in self.entries if e.row != NOT_A_ROW]
+        return [self.entries[int(p)] for p in self._row_positions]
 
     @property
     def paths(self) -> list[str]:
@@ -240,9 +319,25 @@ def load_collection(
     source: SidecarSource, cache: CollectionCache | None = None
 ) -> tuple[Collection, RefreshStats]:
     """All sidecars of ``source`` as a collection, reading only what changed since the cache."""
-    listing = source.listing()
     old = cache.load(source.location) if cache else None
-    kept = {e.sidecar: e for e in (old.entries if old else ()) if listing.get(e.sidecar) == e.stamp}
+    if (
+        old is not None
+        and old.snapshot is not None
+        and isinstance(source, ChangeAware)
+        and source.unchanged_since(old.snapshot)
+    ):
+        unchanged = len(old.entries)
+        return old, RefreshStats(unchanged, 0, unchanged, 0, unchanged - len(old))
+    listing = source.listing()
+    snapshot = source.snapshot() if isinstance(source, ChangeAware) else None
+    kept: dict[str, Entry] = {}
+    removed = 0
+    for entry in old.entries if old else ():
+        stamp = listing.get(entry.sidecar)
+        if stamp is None:
+            removed += 1
+        elif stamp == entry.stamp:
+            kept[entry.sidecar] = entry
     guard = _ModelGuard()
     kept_rows = [e for e in kept.values() if e.row != NOT_A_ROW]
     if old is not None and old.model is not None and kept_rows:
@@ -252,8 +347,12 @@ def load_collection(
     for name, data in source.read(to_read):
         if data is not None:
             _parse(name, listing[name], data, guard, fresh)
-    collection = _assemble(source.location, guard.model, kept, old, fresh)
-    removed = sum(1 for e in old.entries if e.sidecar not in listing) if old else 0
+    if old is not None and not to_read and not removed:
+        collection = replace(old, snapshot=snapshot)  # the same sidecars: nothing to rebuild
+    else:
+        collection = replace(
+            _assemble(source.location, guard.model, kept, old, fresh), snapshot=snapshot
+        )
     stats = RefreshStats(
         listed=len(listing),
         read=len(to_read),
@@ -261,7 +360,7 @@ def load_collection(
         removed=removed,
         skipped=len(collection.entries) - len(collection),
     )
-    if cache is not None and (to_read or removed or old is None):
+    if cache is not None and (to_read or removed or old is None or snapshot != old.snapshot):
         cache.save(collection)
     return collection, stats
 
@@ -322,8 +421,56 @@ def _stack(
     return matrix
 
 
+class EntryLines(Sequence[Entry]):
+    """A cached collection's entries: one JSON array per line in a memory-mapped file,
+    parsed only when asked for, so a warm ``similar`` over a million images parses the
+    ten it prints. (Written by hand: the cache needs random access to single records
+    with no per-record cost at load time, which neither ``json`` nor numpy's structured
+    arrays give for variable-length strings; the format is internal to the cache.)"""
+
+    def __init__(
+        self, path: Path, offsets: NDArray[np.int64], row_positions: NDArray[np.int64]
+    ) -> None:
+        self.path = path
+        self.offsets = offsets  # len + 1 byte offsets: line i is [offsets[i], offsets[i + 1])
+        self.row_positions = row_positions  # the position of each matrix row's entry
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            self._data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        if int(offsets[-1]) != size:
+            raise ValueError(f"{path.name}: {size} bytes, the offsets say {int(offsets[-1])}")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> Entry: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Entry]: ...
+    def __getitem__(self, index: int | slice) -> Entry | Sequence[Entry]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        return Entry(*json.loads(self._data[start:end]))
+
+    def __iter__(self) -> Iterator[Entry]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def _entry_line(entry: Entry) -> bytes:
+    fields = [entry.sidecar, entry.stamp, entry.path, entry.etag, entry.row]
+    fields += [entry.size, entry.sha256, entry.width, entry.height]
+    return json.dumps(fields).encode() + b"\n"
+
+
 class CollectionCache:
-    """``index.json`` + ``vectors-<token>.npy`` in a folder of the dinoembed cache dir."""
+    """``index.json`` + ``vectors-<token>.npy`` (the matrix), ``entries-<token>.jsonl``
+    with ``offsets-<token>.npy`` and ``rows-<token>.npy`` in a folder of the cache dir."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -342,35 +489,59 @@ class CollectionCache:
             index = json.loads(self.index_path.read_bytes())
             if index.get("format") != INDEX_FORMAT or index.get("location") != location:
                 return None
-            matrix = np.load(self.directory / index["vectors"], allow_pickle=False)
-            entries = tuple(Entry(*fields) for fields in index["entries"])
+            token = index["token"]
+            matrix = np.load(self._file("vectors", token, ".npy"), mmap_mode="r")
+            offsets = np.load(self._file("offsets", token, ".npy"), mmap_mode="r")
+            rows = np.load(self._file("rows", token, ".npy"), mmap_mode="r")
+            entries = EntryLines(self._file("entries", token, ".jsonl"), offsets, rows)
             model = ModelInfo.model_validate(index["model"]) if index["model"] else None
+            snapshot = index.get("snapshot")
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.info("collection cache %s unusable (%s); rebuilding", self.directory, err)
             return None
-        rows = sum(1 for e in entries if e.row != NOT_A_ROW)
-        if matrix.dtype != np.float32 or matrix.ndim != 2 or matrix.shape[0] != rows:
+        if matrix.dtype != np.float32 or matrix.ndim != 2 or matrix.shape[0] != len(rows):
             return None
-        return Collection(location, model, entries, matrix)
+        return Collection(location, model, entries, matrix, snapshot)
+
+    def _file(self, kind: str, token: str, ext: str) -> Path:
+        return self.directory / f"{kind}-{token}{ext}"
 
     def save(self, collection: Collection) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         with FileLock(self.directory / ".lock"):
-            vectors = f"vectors-{secrets.token_hex(8)}.npy"
-            np.save(self.directory / vectors, collection.matrix, allow_pickle=False)
+            entries = collection.entries
+            if isinstance(entries, EntryLines) and entries.path.parent == self.directory:
+                token = entries.path.stem.removeprefix("entries-")  # the same sidecars
+            else:
+                token = self._write_files(collection)
             index: dict[str, Any] = {
                 "format": INDEX_FORMAT,
                 "location": collection.location,
                 "model": collection.model.model_dump() if collection.model else None,
-                "vectors": vectors,
-                "entries": [
-                    [e.sidecar, e.stamp, e.path, e.etag, e.row, e.size, e.sha256, e.width, e.height]
-                    for e in collection.entries
-                ],
+                "token": token,
+                "snapshot": dict(collection.snapshot) if collection.snapshot else None,
             }
             write_atomic(self.index_path, json.dumps(index).encode())
-            for stale in self.directory.glob("vectors-*.npy"):
-                if stale.name != vectors:
+            for stale in self.directory.glob("*-*.*"):
+                if not stale.stem.endswith(f"-{token}"):
                     stale.unlink(missing_ok=True)
+
+    def _write_files(self, collection: Collection) -> str:
+        """The matrix and the entries under a new token; index.json still names the old
+        ones until it is replaced, so a reader never sees a mix."""
+        token = secrets.token_hex(8)
+        np.save(self._file("vectors", token, ".npy"), collection.matrix, allow_pickle=False)
+        offsets = [0]
+        rows: list[int] = []
+        with self._file("entries", token, ".jsonl").open("wb") as fh:
+            for position, entry in enumerate(collection.entries):
+                line = _entry_line(entry)
+                fh.write(line)
+                offsets.append(offsets[-1] + len(line))
+                if entry.row != NOT_A_ROW:
+                    rows.append(position)
+        np.save(self._file("offsets", token, ".npy"), np.array(offsets, dtype=np.int64))
+        np.save(self._file("rows", token, ".npy"), np.array(rows, dtype=np.int64))
+        return token

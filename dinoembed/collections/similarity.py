@@ -14,7 +14,7 @@ dot product is the cosine.
   missed; a tile where the filter would keep too much is simply scored in full.
   Tiles are shared out among threads, each with a single-threaded BLAS.
 - :func:`linked_components`: connected components of those pairs (union-find), optionally
-  never joining given pairs; :func:`duplicate_groups` on top of it.
+  never joining given pairs (``collections.dupes`` builds its groups on it).
 """
 
 from __future__ import annotations
@@ -253,33 +253,6 @@ class UnionFind:
             ra, rb = rb, ra
         self.parent[rb] = ra
         self.size[ra] += self.size[rb]
-
-
-@dataclass(frozen=True, slots=True)
-class Group:
-    """A set of near-duplicates (row indices, ascending) and the scores of its linking pairs."""
-
-    members: tuple[int, ...]
-    min_score: float
-    max_score: float
-
-
-def duplicate_groups(
-    matrix: Matrix, threshold: float, *, tile: int = TILE, workers: int | None = None
-) -> list[Group]:
-    """Connected components (size >= 2) of the graph of pairs with cosine >= ``threshold``.
-
-    Largest groups first, then by their first row.
-    """
-    pairs = similar_pairs(matrix, threshold, tile=tile, workers=workers)
-    return groups_from_pairs(matrix.shape[0], pairs)
-
-
-def groups_from_pairs(n: int, pairs: Pairs) -> list[Group]:
-    edges = zip(pairs.score.tolist(), pairs.left.tolist(), pairs.right.tolist(), strict=True)
-    groups = [Group(m, low, high) for m, low, high in linked_components(n, edges)]
-    groups.sort(key=lambda g: (-len(g.members), g.members[0]))
-    return groups
 
 
 def linked_components(

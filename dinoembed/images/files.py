@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from dinoembed.common.atomic import is_temp_file
 from dinoembed.images.pathfilter import ALL, PathFilter
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -37,25 +40,40 @@ def looks_like_image(path: Path, suffix: str) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def walk_files(
+    root: Path, *, recursive: bool, on_folder: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
+    """Every file under ``root`` (``recursive``: in sub-folders too) in sorted order,
+    never descending into symlinked folders; a folder that cannot be listed is logged
+    and skipped. ``on_folder`` is called with each folder listed, before its files.
+
+    The one folder walk: finding images (:func:`iter_images`), coverage
+    (``results.coverage.list_folder``), collections (``FolderSource.listing``) and the
+    watcher's scan all go through it, so they agree on what a folder holds.
+    """
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
+        if on_folder is not None:
+            on_folder(Path(dirpath))
+        if recursive:
+            dirnames.sort()
+        else:
+            dirnames.clear()
+        for name in sorted(filenames):
+            yield Path(dirpath, name)
+
+
+def _walk_error(err: OSError) -> None:
+    log.warning("cannot list %s: %s", err.filename, err.strerror or err)
+
+
 def iter_images(
     root: Path, suffix: str, *, recursive: bool, select: PathFilter = ALL
 ) -> Iterator[Path]:
     """Image files under ``root`` in a stable (sorted) order, not following symlinked dirs,
     that ``select`` accepts (by their path relative to ``root``)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        if recursive:
-            dirnames.sort()
-        else:
-            dirnames.clear()
-        folder = Path(dirpath)
-        for name in sorted(filenames):
-            path = folder / name
-            if (
-                path.is_file()
-                and looks_like_image(path, suffix)
-                and select.accepts_path(path, root)
-            ):
-                yield path
+    for path in walk_files(root, recursive=recursive):
+        if path.is_file() and looks_like_image(path, suffix) and select.accepts_path(path, root):
+            yield path
 
 
 def subfolders(root: Path) -> int:

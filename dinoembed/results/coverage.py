@@ -22,7 +22,6 @@ currency rule, and counts:
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dinoembed.common.atomic import is_temp_file
-from dinoembed.images.files import looks_like_image
+from dinoembed.images.files import looks_like_image, walk_files
 from dinoembed.images.pathfilter import ALL, PathFilter
 from dinoembed.results.schema import EmbeddingResult, SourceInfo
 from dinoembed.results.sidecars import (
@@ -165,28 +164,24 @@ def list_folder(
     images: dict[str, SourceInfo] = {}
     sidecar_paths: dict[str, Path] = {}
     others: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        if not recursive:
-            dirnames.clear()
-        for filename in filenames:
-            on_listed(1)
-            if is_temp_file(filename):
-                continue
-            path = Path(dirpath, filename)
-            name = path.relative_to(root).as_posix()
-            if select.active and not select.accepts(image_name(name, suffix) or name):
-                continue  # an image left out by --include/--exclude, or its sidecar
-            if is_sidecar(filename, suffix):
-                sidecar_paths[name] = path
-                continue
-            try:
-                stat = path.stat()
-            except OSError:
-                continue  # vanished, or a dangling symlink
-            if looks_like_image(path, suffix):
-                images[name] = SourceInfo(size=stat.st_size, mtime=stat.st_mtime)
-            else:
-                others.add(name)
+    for path in walk_files(root, recursive=recursive):
+        on_listed(1)
+        if is_temp_file(path.name):
+            continue
+        name = path.relative_to(root).as_posix()
+        if select.active and not select.accepts(image_name(name, suffix) or name):
+            continue  # an image left out by --include/--exclude, or its sidecar
+        if is_sidecar(path.name, suffix):
+            sidecar_paths[name] = path
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # vanished, or a dangling symlink
+        if looks_like_image(path, suffix):
+            images[name] = SourceInfo(size=stat.st_size, mtime=stat.st_mtime)
+        else:
+            others.add(name)
     sidecars: dict[str, EmbeddingResult | None] = {}
     mtimes: dict[str, float] = {}
     for name, path in sidecar_paths.items():
