@@ -56,7 +56,7 @@ def sidecar_vectors(root: Path) -> dict[str, NDArray[np.float32]]:
     return found
 
 
-def app_over(settings: Settings, location: Path | None) -> Starlette:
+def app_over(settings: Settings, location: Path | str | None) -> Starlette:
     return build_app(settings, None if location is None else str(location))
 
 
