@@ -221,8 +221,10 @@ def create_app(model: ModelHolder, backend: SearchBackend | None, options: AppOp
         top_k = _number(params.get("top_k"), "top_k", int)
         top_k = DEFAULT_TOP_K if top_k is None else top_k
         limit = searched.max_top_k
-        if top_k < 1 or (limit is not None and top_k > limit):
-            raise ApiError(400, f"top_k {top_k}: between 1 and {limit or 'the collection size'}")
+        if top_k < 1:
+            raise ApiError(400, f"top_k {top_k}: must be at least 1")
+        if limit is not None and top_k > limit:
+            raise ApiError(400, f"top_k {top_k}: {searched.location} answers at most {limit}")
         min_score = _number(params.get("min_score"), "min_score", float)
         prefix = params.get("prefix", "")
         vector, exclude, used = await query_vector(request, searched)
