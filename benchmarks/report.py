@@ -39,6 +39,10 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("embed_burst_ms", "5. embed on the same burst files", "ms/img"),
     ("lambda_cold_s", "6. Lambda SQS batch of 10, cold (process start)", "s"),
     ("lambda_warm_s", "6. Lambda SQS batch of 10, warm", "s"),
+    ("serve_embed_ms", "8. dinoembed serve, warm POST /embed, 4 clients, ~1 MP", "ms/img"),
+    ("serve_latency_p50_ms", "8.  same, latency of one request, median", "ms"),
+    ("serve_latency_p95_ms", "8.  same, latency of one request, 95th percentile", "ms"),
+    ("embed_serve_files_ms", "8. embed on the same files", "ms/img"),
 )
 # Rows that need something the suite cannot always provide (a built Lambda package):
 # reported when measured, otherwise a note says why not.
@@ -136,6 +140,13 @@ def targets(summary: dict[str, dict[str, Any]], meta: dict[str, Any]) -> list[Ta
             1.15,
             False,
             "watcher ms/img / embed ms/img on the same files",
+        ),
+        Target(
+            "serve POST /embed (4 clients) within 15% of embed",
+            ratio("serve_embed_ms", "embed_serve_files_ms"),
+            1.15,
+            False,
+            "serve wall ms / images / embed ms/img on the same files",
         ),
         Target(
             "int8 end-to-end >= 1.6 x fp32 throughput",

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import frontends, procs, report, suites
+from benchmarks import frontends, procs, report, serve, suites
 from benchmarks.corpus import LARGE, SMALL, CorpusSpec, generate
 
 HERE = Path(__file__).resolve().parent
@@ -209,6 +209,8 @@ def one_rep(
         frontends.watcher_burst(bench, list(small.files), plan.burst, work, s)
         log(f"rep {rep + 1}/{plan.reps}: Lambda SQS batch")
         frontends.lambda_batch(bench, large, work, rep, s)
+        log(f"rep {rep + 1}/{plan.reps}: dinoembed serve, {serve.CLIENTS} clients")
+        serve.serve_embed(bench, list(small.files), work / "serve", s)
         if bundled is not None:
             log(f"rep {rep + 1}/{plan.reps}: Lambda cold start, bundled model")
             frontends.lambda_bundled_cold(bench, bundled, s)
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         for row, modules in (
             ("watcher", ("dinoembed.watcher.daemon",)),
             ("Lambda", ("dinoembed.handler.app", "moto")),
+            ("dinoembed serve", ("starlette", "uvicorn", "multipart")),
         ):
             if (name := frontends.missing(*modules)) is not None:
                 notes.append(f"{row} rows skipped: {name} is not importable")

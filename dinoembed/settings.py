@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "dinov2_vits14"
@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     polling: bool = False
     settle_seconds: float = Field(default=0.3, ge=0.0)
     rescan_seconds: float = Field(default=300.0, ge=0.0)
+    # dinoembed serve (SPEC section 11): loopback unless told otherwise; the bearer token
+    # every route but /health needs when it is set
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    serve_token: SecretStr | None = None
 
     @field_validator("model_sha256")
     @classmethod

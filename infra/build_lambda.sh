@@ -8,6 +8,9 @@
 # as wheels for the Lambda platform: CPython 3.12 on x86_64 (LAMBDA_ARCH=arm64: aarch64),
 # whatever machine runs the build.
 #
+# DINOEMBED_EXTRAS picks the extras installed with the core: "lambda" (the embedding
+# function, the default) or "lambda-http" (the Function URL function: the HTTP app too).
+#
 # DINOEMBED_BUNDLE_MODEL=/path/model.onnx bundles a model: its sha256 is checked against
 # DINOEMBED_BUNDLE_SHA256 (default: the pinned DINOv2 ViT-S/14 digest when the file is
 # named dinov2_vits14.onnx; other files without one are recorded unchecked), a mismatch
@@ -73,7 +76,7 @@ wheel=$(ls "$stage"/wheel/dinoembed-*.whl)
 
 "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --upgrade \
     "${platform_args[@]}" --implementation cp --python-version "$lambda_python" \
-    --only-binary=:all: --target "$out" "${wheel}[lambda]"
+    --only-binary=:all: --target "$out" "${wheel}[${DINOEMBED_EXTRAS:-lambda}]"
 
 # What the function never imports: console scripts, pip's bytecode (compiled again below,
 # for the runtime's Python), the libraries' own test suites, and ONNX Runtime's

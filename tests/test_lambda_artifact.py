@@ -286,6 +286,7 @@ def test_plain_package_keeps_its_own_boto3(plain_artifact: Path) -> None:
     names = {p.name for p in plain_artifact.iterdir()}
     assert {"dinoembed", "onnxruntime", "boto3", "botocore", "pillow_heif"} <= names
     assert "model" not in names
+    assert not names & {"starlette", "mangum", "uvicorn"}  # the HTTP app has its own package
     print(f"plain package: {package_size(plain_artifact) / 2**20:.1f} MiB unzipped")
 
 
@@ -446,3 +447,13 @@ def test_plain_package_fetches_the_model_from_s3_into_tmp(
         "photos/cat.jpg" + SUFFIX,
         "photos/red flower.jpg" + SUFFIX,
     ]
+
+
+def test_the_http_package_adds_the_web_app_to_the_same_core(tmp_path: Path) -> None:
+    # GIVEN the Function URL function's build (infra/Makefile build-SearchFunction)
+    package = built(tmp_path, {"DINOEMBED_EXTRAS": "lambda-http"})
+    names = {p.name for p in package.iterdir()}
+    # THEN it holds the core, the AWS adapter, the HTTP app and its Lambda adapter
+    assert {"dinoembed", "onnxruntime", "boto3", "starlette", "mangum", "multipart"} <= names
+    assert (package / "dinoembed" / "handler" / "http.py").is_file()
+    assert (package / "dinoembed" / "web" / "static" / "page.js").is_file()

@@ -61,6 +61,7 @@ class ManagedPolicies:
 
 doc = yaml_parse(open(sys.argv[1]).read())
 doc["Resources"]["EmbedFunction"]["Properties"]["CodeUri"] = "s3://packaged/code.zip"
+doc["Resources"]["SearchFunction"]["Properties"]["CodeUri"] = "s3://packaged/http.zip"
 params = {"BucketName": "example-bucket", "AWS::Region": "us-east-1"}
 json.dump(transform(doc, params, ManagedPolicies()), sys.stdout, default=str)
 """

@@ -237,6 +237,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(status)
     add_suffix_option(status)
     add_filter_options(status)
+    serve = sub.add_parser(
+        "serve",
+        argument_default=argparse.SUPPRESS,
+        help="answer embed and search requests over HTTP (needs dinoembed[serve])",
+        description="The HTTP API: POST /embed, POST /jobs/dino_embedding (the seed plugin's "
+        "route), POST /search, GET /duplicates, GET /health, and a page at GET /. With "
+        "DINOEMBED_SERVE_TOKEN set, every route but /health and the page needs "
+        "'Authorization: Bearer <token>'. Stops cleanly on SIGTERM or Ctrl-C.",
+    )
+    serve.add_argument(
+        "location",
+        nargs="?",
+        metavar="DIR_OR_S3",
+        help="the collection to search: a folder of sidecars or s3://bucket/prefix",
+    )
+    serve.add_argument("--host", help="the address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="the port (default 8000)")
+    _add_recipe_options(serve)
+    add_cache_dir_option(serve)
+    _add_threads_option(serve)
+    add_suffix_option(serve)
+    add_filter_options(serve)
     completion = sub.add_parser(
         "completion",
         argument_default=argparse.SUPPRESS,
@@ -379,6 +401,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from dinoembed.cli.status import run_status
 
         return run_status(settings, args.location, as_json=getattr(args, "json", False))
+    if args.command == "serve":
+        from dinoembed.cli.serve import run_serve
+
+        return run_serve(settings, getattr(args, "location", None))
     from dinoembed.cli.use import run_use
 
     return run_use(args, settings)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # imported where used: `dinoembed --help` need not load numpy
 # The third-party packages behind each extra (pyproject.toml [project.optional-dependencies]).
 EXTRAS = {"boto3": "lambda", "botocore": "lambda", "aws_lambda_powertools": "lambda"}
 EXTRAS |= {"watchdog": "watch", "onnx": "standin", "pyarrow": "export"}
+EXTRAS |= {"starlette": "serve", "uvicorn": "serve", "python_multipart": "serve"}
 
 
 @contextlib.contextmanager
