@@ -1,7 +1,9 @@
 """``dinoembed embed``: local files in, JSONL out (and sidecars when asked).
 
-Paths come from the command line, from ``--files-from FILE`` (one a line) and from
-standard input (``-`` as a path, or ``--files-from -``). A path named on the command
+Paths come from the command line, from ``--files-from FILE`` (one a line; with
+``-0``/``--null`` NUL-separated, as ``find -print0`` writes them) and from standard
+input (``-`` as a path, or ``--files-from -``). A NUL byte in a line-separated list
+is refused with one line naming ``-0`` (a file name cannot hold one). A path named on the command
 line that does not exist is an argument error (exit 2, before any model is loaded); one
 read from a list is data: it gets its own error result line ("file not found") and the
 rest of the list is embedded. With ``--skip-current`` an image whose sidecar is current
@@ -48,16 +50,16 @@ class Inputs:
     listed: tuple[Path, ...]
 
 
-def gather_inputs(paths: Sequence[Path], files_from: Path | None) -> Inputs:
+def gather_inputs(paths: Sequence[Path], files_from: Path | None, *, null: bool = False) -> Inputs:
     """The command line's paths, with ``-`` (and ``--files-from``) replaced by the paths
-    they list. Standard input is read at most once."""
+    they list (NUL-separated with ``null``). Standard input is read at most once."""
     named: list[Path] = []
     listed: list[Path] = []
     read_stdin = files_from is not None and str(files_from) == STDIN
     if files_from is not None and not read_stdin:
         try:
             with files_from.open("rb") as fh:
-                listed += _read_list(fh)
+                listed += _read_list(fh, f"--files-from {files_from}", null=null)
         except OSError as err:
             raise ConfigError(f"--files-from {files_from}: {err.strerror or err}") from err
     for path in paths:
@@ -66,19 +68,31 @@ def gather_inputs(paths: Sequence[Path], files_from: Path | None) -> Inputs:
         else:
             named.append(path)
     if read_stdin:
-        listed += _read_list(sys.stdin.buffer)
+        listed += _read_list(sys.stdin.buffer, "standard input", null=null)
+    elif null and files_from is None:
+        raise ConfigError("-0/--null: there is no path list to read ('-' or --files-from)")
     if not named and not listed and not read_stdin and files_from is None:
         raise ConfigError("nothing to embed: name images or folders, or use --files-from")
     return Inputs(tuple(named), tuple(listed))
 
 
-def _read_list(stream: BinaryIO) -> Iterator[Path]:
-    """One path a line; blank lines skipped. Bytes are decoded as the file system does
-    (``os.fsdecode``), so any file name survives the round trip through ``find``."""
-    for raw in stream:
-        line = raw.rstrip(b"\r\n")
-        if line.strip():
-            yield Path(os.fsdecode(line))
+def _read_list(stream: BinaryIO, what: str, *, null: bool) -> list[Path]:
+    """One path a line (with ``null``: NUL-separated, where a name may hold a newline);
+    blank entries skipped. Bytes are decoded as the file system does (``os.fsdecode``),
+    so any file name survives the round trip through ``find``. A NUL byte in a line
+    list is a ConfigError: no file name holds one, it is a ``find -print0`` list."""
+    if null:
+        entries = stream.read().split(b"\0")
+    else:
+        entries = []
+        for number, raw in enumerate(stream, 1):
+            if b"\0" in raw:
+                raise ConfigError(
+                    f"{what}: line {number} holds a NUL byte; for a NUL-separated list "
+                    "(find -print0) add -0"
+                )
+            entries.append(raw.rstrip(b"\r\n"))
+    return [Path(os.fsdecode(entry)) for entry in entries if entry.strip()]
 
 
 def run_embed(
@@ -86,12 +100,13 @@ def run_embed(
     paths: Sequence[Path],
     *,
     files_from: Path | None = None,
+    null: bool = False,
     skip_current: bool = False,
 ) -> int:
     """Print one JSON result per image, in input order. 0 when all succeeded (and, with
     ``--write-sidecars``, every sidecar was written), else 1: a sidecar that could not be
     written turns that image's line into an error result saying why."""
-    inputs = gather_inputs(paths, files_from)
+    inputs = gather_inputs(paths, files_from, null=null)
     missing = [str(p) for p in inputs.named if not p.exists() and not p.is_symlink()]
     if missing:  # an argument error: found before the model is loaded or downloaded
         raise ConfigError(f"no such file or folder: {' '.join(missing)}")

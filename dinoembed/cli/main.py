@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also embed the paths listed in FILE, one a line ('-': standard input)",
     )
+    embed.add_argument(
+        "-0",
+        "--null",
+        action="store_true",
+        help="path lists ('-', --files-from) are NUL-separated, as `find -print0` writes them",
+    )
     embed.add_argument("-r", "--recursive", action="store_true", help="descend into folders")
     embed.add_argument(
         "--write-sidecars",
@@ -360,6 +366,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             settings,
             getattr(args, "paths", []),
             files_from=getattr(args, "files_from", None),
+            null=getattr(args, "null", False),
             skip_current=getattr(args, "skip_current", False),
         )
     if args.command == "watch":

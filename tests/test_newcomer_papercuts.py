@@ -1,0 +1,95 @@
+"""Issue 20, what a newcomer trips over: NUL-separated path lists, one-line decoder
+errors, one error counting, names in `status`, paths-only outputs, refused mistakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dinoembed.cli.main import main
+from tests.helpers import encode
+
+
+def run_cli(*args: str | Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DINOEMBED_")}
+    return subprocess.run(
+        [sys.executable, "-m", "dinoembed.cli", *map(str, args)],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+def two_photos(tmp_path: Path, photos: dict[str, Image.Image]) -> list[Path]:
+    """Two real photos, one with a space and a newline-free odd name."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = [folder / "astronaut one.jpg", folder / "coffee.png"]
+    paths[0].write_bytes(encode(photos["astronaut"].resize((48, 48)), "JPEG"))
+    paths[1].write_bytes(encode(photos["coffee"].resize((48, 48)), "PNG"))
+    return paths
+
+
+# 1. NUL-separated path lists
+
+
+@pytest.mark.parametrize("how", [["-"], ["--files-from", "-"]], ids=["dash", "files-from-dash"])
+@pytest.mark.parametrize("flag", ["-0", "--null"])
+def test_null_separated_list_on_stdin(
+    two_photos: list[Path], tiny_model: Path, how: list[str], flag: str
+) -> None:
+    # GIVEN paths as `find -print0` writes them
+    stdin = b"".join(os.fsencode(p) + b"\0" for p in two_photos)
+    # WHEN embed reads them with -0
+    done = run_cli("embed", *how, flag, "--model", tiny_model, stdin=stdin)
+    # THEN both are embedded, in list order
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [r["file_path"] for r in out] == [str(p) for p in two_photos]
+    assert [r["status"] for r in out] == ["success", "success"]
+
+
+def test_null_separated_files_from_file(
+    two_photos: list[Path], tiny_model: Path, tmp_path: Path
+) -> None:
+    lst = tmp_path / "list0"
+    lst.write_bytes(b"\0".join(os.fsencode(p) for p in reversed(two_photos)))  # no final NUL
+    done = run_cli("embed", "--files-from", lst, "-0", "--model", tiny_model)
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line)["file_path"] for line in done.stdout.decode().splitlines()]
+    assert out == [str(p) for p in reversed(two_photos)]
+
+
+@pytest.mark.parametrize("source", ["stdin", "file"])
+def test_a_nul_byte_in_a_line_list_is_one_line_error(
+    two_photos: list[Path], tiny_model: Path, tmp_path: Path, source: str
+) -> None:
+    # GIVEN a NUL-separated list read without -0
+    data = b"".join(os.fsencode(p) + b"\0" for p in two_photos)
+    if source == "stdin":
+        done = run_cli("embed", "-", "--model", tiny_model, stdin=data)
+    else:
+        lst = tmp_path / "list0"
+        lst.write_bytes(data)
+        done = run_cli("embed", "--files-from", lst, "--model", tiny_model)
+    # THEN one line naming the fix, exit 2, nothing on stdout, no traceback
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    assert "NUL" in err and "-0" in err
+    assert done.stdout == b""
+
+
+def test_null_without_a_list_is_refused(two_photos: list[Path], tiny_model: Path) -> None:
+    code = main(["embed", str(two_photos[0]), "-0", "--model", str(tiny_model)])
+    assert code == 2
