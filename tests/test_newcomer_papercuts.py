@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,51 @@ def test_a_nul_byte_in_a_line_list_is_one_line_error(
 def test_null_without_a_list_is_refused(two_photos: list[Path], tiny_model: Path) -> None:
     code = main(["embed", str(two_photos[0]), "-0", "--model", str(tiny_model)])
     assert code == 2
+
+
+# 2. decoder failures are one-line error results; libtiff's C messages are log records
+
+REGRESSIONS = Path(__file__).parent / "corpus" / "regressions"
+FTEX = REGRESSIONS / "unsupportedformaterror-ftex-closes-the-stream-pillow-tests.ftc"
+WEBP_TIFF = REGRESSIONS / "corruptimageerror-libtiff-writes-to-stderr-pillow-tests.tif"
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+
+
+def test_a_format_whose_plugin_closes_the_stream_is_named_not_an_internal_error() -> None:
+    from dinoembed.errors import UnsupportedFormatError
+    from dinoembed.images.decode import DecodeLimits, decode
+
+    with pytest.raises(UnsupportedFormatError, match=r"^unsupported format: FTEX$"):
+        decode(FTEX.read_bytes(), DecodeLimits(max_pixels=10**8, max_bytes=10**8))
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["default", "verbose"])
+def test_libtiff_messages_are_log_records_not_raw_stderr(
+    tiny_model: Path, verbose: list[str]
+) -> None:
+    # GIVEN a TIFF whose decoding makes libtiff print from C (checked: it really does)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from PIL import Image\ntry: Image.open({str(WEBP_TIFF)!r}).load()"
+            "\nexcept Exception: pass",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "WEBP compression support is not configured" in probe.stderr
+    # WHEN dinoembed embeds it
+    done = run_cli(*verbose, "embed", WEBP_TIFF, "--model", tiny_model)
+    err = done.stderr.decode()
+    # THEN one error result; stderr holds log records only, libtiff's with -v at INFO
+    out = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [r["status"] for r in out] == ["error"]
+    assert out[0]["error"].startswith("corrupt TIFF image")
+    assert all(LOG_LINE.match(line) for line in err.splitlines()), err
+    libtiff = [line for line in err.splitlines() if "WEBP compression" in line]
+    if verbose:
+        assert libtiff and all(" INFO dinoembed.images.libtiff: " in line for line in libtiff)
+    else:
+        assert libtiff == []

@@ -26,6 +26,7 @@ from dinoembed.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
+from dinoembed.images.libtiff import route_libtiff_messages
 from dinoembed.images.transforms import min_decode_size
 
 log = logging.getLogger(__name__)
@@ -115,19 +116,19 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def probe_format(fh: BinaryIO, head: bytes) -> str | None:
+def probe_format(data: bytes) -> str | None:
     """Name a real image in a format outside the allowlist from its header, without
-    decoding it (``Image.open`` is lazy), with the safe plugins of ``_PROBE_FORMATS``."""
-    fh.seek(0)
+    decoding it (``Image.open`` is lazy), with the safe plugins of ``_PROBE_FORMATS``.
+
+    It reads a stream of its own: some plugins close the stream they were given when
+    the image is closed (FTEX does), which must not end the caller's."""
     try:
-        with Image.open(fh, formats=_PROBE_FORMATS) as img:
+        with Image.open(io.BytesIO(data), formats=_PROBE_FORMATS) as img:
             name = img.format
     except Exception:  # whatever a plugin raises, the file is not identified
         return None
-    finally:
-        fh.seek(0)
     if name == "PPM":
-        return _NETPBM.get(head[:2], "PPM")
+        return _NETPBM.get(data[:2], "PPM")
     return name
 
 
@@ -230,6 +231,7 @@ def _from_pil(img: Image.Image, limits: DecodeLimits) -> Decoded:
 def _decode_stream(
     fh: BinaryIO, limits: DecodeLimits, target: DecodeTarget | None
 ) -> tuple[Image.Image, tuple[int, int]]:
+    route_libtiff_messages()  # once: libtiff's C messages become log records
     head = fh.read(512)
     fh.seek(0)
     img = _open(fh, head, limits)
@@ -248,7 +250,7 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
     try:
         img = Image.open(fh, formats=allowed_formats())
     except UnidentifiedImageError as err:
-        name = sniff_format(head) or probe_format(fh, head)
+        name = sniff_format(head) or probe_format(_all_bytes(fh))
         if name is not None:
             raise UnsupportedFormatError(f"unsupported format: {name}") from err
         raise NotAnImageError("not an image: the data is not a recognised image format") from err
@@ -256,6 +258,8 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
         raise _bomb_error(err, limits) from err
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
         raise CorruptImageError(f"corrupt image header: {_one_line(err)}") from err
+    except Exception as err:  # a plugin's own failure (struct.error, KeyError, ...): the data's
+        raise CorruptImageError(f"corrupt image header: {_described(err)}") from err
     width, height = img.size
     if width * height > limits.max_pixels:
         img.close()
@@ -290,6 +294,8 @@ def _load(img: Image.Image, limits: DecodeLimits) -> None:
         raise CorruptImageError(f"corrupt {img.format} image: {_one_line(err)}") from err
     except (SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as err:
         raise CorruptImageError(f"corrupt {img.format} image: {_one_line(err)}") from err
+    except Exception as err:  # a decoder's own failure (struct.error, KeyError, ...): the data's
+        raise CorruptImageError(f"corrupt {img.format} image: {_described(err)}") from err
 
 
 def _orient(img: Image.Image) -> Image.Image:
@@ -319,6 +325,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _all_bytes(fh: BinaryIO) -> bytes:
+    """The whole of the (in-memory) stream being decoded."""
+    if isinstance(fh, io.BytesIO):
+        return fh.getvalue()
+    fh.seek(0)
+    return fh.read()
+
+
+def _described(err: BaseException) -> str:
+    """An unexpected exception of a Pillow plugin, in one line that names its kind."""
+    text = _one_line(err)
+    kind = type(err).__name__
+    return text if text == kind else f"{kind}: {text}"[:200]
 
 
 def _one_line(err: BaseException) -> str:
