@@ -34,7 +34,7 @@ from dinoembed.errors import ConfigError, SourceGoneError, TransientError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
 from dinoembed.handler.process import Processor
-from dinoembed.handler.s3io import S3Objects, client_config, map_error
+from dinoembed.handler.s3io import S3_CONCURRENCY, S3Objects, client_config, map_error
 from dinoembed.images.files import looks_like_image
 from dinoembed.pipeline import Pipeline
 from dinoembed.results.coverage import Listing, assess
@@ -48,7 +48,7 @@ from dinoembed.results.sidecars import (
 
 log = logging.getLogger(__name__)
 
-READ_WORKERS = 16
+READ_WORKERS = S3_CONCURRENCY  # the client's pool is sized for these
 SQS_BATCH = 10  # the most send_message_batch accepts
 EMBED_CHUNK = 64  # objects handed to the processor at a time (progress granularity)
 BACKFILL_ID = "dinoembed-backfill"

@@ -142,3 +142,17 @@ def test_libtiff_messages_are_log_records_not_raw_stderr(
         assert libtiff and all(" INFO dinoembed.images.libtiff: " in line for line in libtiff)
     else:
         assert libtiff == []
+
+
+# 3. the S3 client's connection pool is as large as the threads that share it
+
+
+def test_s3_client_pool_fits_the_reader_threads() -> None:
+    # urllib3 logs "Connection pool is full, discarding connection" whenever more threads
+    # share a client than its pool holds (botocore's default: 10)
+    from dinoembed.handler.collection_s3 import READ_WORKERS
+    from dinoembed.handler.s3io import make_client
+
+    client = make_client()
+    assert client.meta.config.max_pool_connections >= READ_WORKERS
+    assert make_client(concurrency=40).meta.config.max_pool_connections >= 40

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int
     with wiring.needs_extra("s3:// locations"):
         from dinoembed.handler import collection_s3 as s3
     bucket, prefix = s3.parse_s3_uri(location)
-    client = wiring.s3_client()
+    client = wiring.s3_client(settings.decode_workers or os.cpu_count() or 1)  # decode fetches
     suffix = settings.output_suffix
     summary = s3.BackfillSummary(location)
     if queue_url:
