@@ -156,3 +156,28 @@ def test_s3_client_pool_fits_the_reader_threads() -> None:
     client = make_client()
     assert client.meta.config.max_pool_connections >= READ_WORKERS
     assert make_client(concurrency=40).meta.config.max_pool_connections >= 40
+
+
+# 4. backfill and status count an error sidecar alike
+
+
+@pytest.mark.parametrize("runs", [1, 2], ids=["first-run", "second-run"])
+def test_backfill_and_status_agree_on_an_error(
+    two_photos: list[Path], tiny_model: Path, capsys: pytest.CaptureFixture[str], runs: int
+) -> None:
+    # GIVEN a folder with one image and one text file named .jpg
+    folder = two_photos[0].parent
+    two_photos[1].unlink()
+    (folder / "notes.jpg").write_text("not a picture")
+    # WHEN it is backfilled (once, or twice: the second run finds both sidecars current)
+    for _ in range(runs):
+        capsys.readouterr()
+        code = main(["backfill", str(folder), "--model", str(tiny_model)])
+    summary = json.loads(capsys.readouterr().out)
+    status_code = main(["status", str(folder), "--json", "--model", str(tiny_model)])
+    status = json.loads(capsys.readouterr().out)
+    # THEN both count one error and exit 1; backfill's "current" (found up to date) and
+    # "embedded" (made now) add up to status's "current"
+    assert (status["current"], status["errors"], status_code) == (1, 1, 1)
+    assert summary["current"] + summary["embedded"] == 1
+    assert (summary["errors"], code) == (1, 1)
