@@ -320,7 +320,7 @@ def test_dupes_without_groups_still_says_so(
     # the identical copy is still found at any threshold; nothing else is
     assert code == 0
     assert out.splitlines()[0] == (
-        "6 images: 1 groups of identical files, 0 groups of similar images (cosine >= 1.0)"
+        "6 images: 1 group of identical files, 0 groups of similar images (cosine >= 1.0)"
     )
     (root / ("c-chelsea-copy.png" + SUFFIX)).unlink()
     code, out, _ = run(capsys, "dupes", str(root), "--threshold", "1.0", "--json")

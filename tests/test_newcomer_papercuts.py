@@ -181,3 +181,222 @@ def test_backfill_and_status_agree_on_an_error(
     assert (status["current"], status["errors"], status_code) == (1, 1, 1)
     assert summary["current"] + summary["embedded"] == 1
     assert (summary["errors"], code) == (1, 1)
+
+
+@pytest.fixture
+def collection(
+    tmp_path: Path, photos: dict[str, Image.Image], tiny_model: Path
+) -> tuple[Path, list[Path]]:
+    """Five photos embedded with sidecars (plus an exact copy of one: a duplicate group)."""
+    folder = tmp_path / "coll"
+    folder.mkdir()
+    paths = []
+    for name in ["astronaut", "coffee", "chelsea", "rocket", "flower"]:
+        path = folder / f"{name}.png"
+        path.write_bytes(encode(photos[name].resize((64, 64)), "PNG"))
+        paths.append(path)
+    copy = folder / "astronaut copy.png"
+    copy.write_bytes(paths[0].read_bytes())
+    paths.append(copy)
+    assert main(["embed", "-r", str(folder), "--write-sidecars", "--model", str(tiny_model)]) == 0
+    return folder, paths
+
+
+# 7. names where a person needs them
+
+
+def test_status_lists_the_files_of_a_kind(
+    collection: tuple[Path, list[Path]], tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, paths = collection
+    # GIVEN one image without a sidecar, one changed since, one that is no image
+    (folder / "coffee.png.dinov2.json").unlink()
+    os.utime(paths[2], (1, 1))
+    (folder / "notes.jpg").write_text("not a picture")
+    main(["embed", str(folder / "notes.jpg"), "--write-sidecars", "--model", str(tiny_model)])
+    capsys.readouterr()
+    model = ["--model", str(tiny_model)]
+    # WHEN status lists each kind
+    listed = {}
+    for kind in ["missing", "stale", "errors"]:
+        code = main(["status", str(folder), "--list", kind, *model])
+        listed[kind] = capsys.readouterr().out.splitlines()
+        assert code == 1
+    # THEN the paths, one a line, nothing else
+    assert listed == {
+        "missing": [str(paths[1])],
+        "stale": [str(paths[2])],
+        "errors": [str(folder / "notes.jpg")],
+    }
+    # AND --json carries the same names beside the counts
+    main(["status", str(folder), "--json", "--list", "missing", "--list", "errors", *model])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["missing"] == 1 and doc["errors"] == 1
+    assert doc["files"] == {"missing": [str(paths[1])], "errors": [str(folder / "notes.jpg")]}
+
+
+def test_similar_separates_score_and_path_with_a_tab_and_prints_paths_only(
+    collection: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str], tiny_model: Path
+) -> None:
+    folder, paths = collection
+    query = [str(paths[0]), "--in", str(folder), "--top-k", "3", "--model", str(tiny_model)]
+    capsys.readouterr()
+    assert main(["similar", *query]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    scores = [line.split("\t") for line in lines]
+    assert all(len(s) == 2 and float(s[0]) <= 1.0001 for s in scores)
+    assert scores[0][1] == str(paths[5])  # its identical copy first
+    main(["similar", *query, "--paths"])
+    assert capsys.readouterr().out.splitlines() == [s[1] for s in scores]
+    main(["similar", *query, "-0"])
+    assert capsys.readouterr().out == "".join(s[1] + "\0" for s in scores)
+
+
+def test_dupes_paths_are_the_copies_not_kept(
+    collection: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, paths = collection
+    capsys.readouterr()
+    main(["dupes", str(folder), "--json"])
+    group = json.loads(capsys.readouterr().out)["groups"][0]
+    assert sorted(group["paths"]) == sorted([str(paths[0]), str(paths[5])])
+    assert main(["dupes", str(folder), "--paths"]) == 0
+    removable = [p for p in group["paths"] if p != group["keep"]]
+    assert capsys.readouterr().out.splitlines() == removable
+    main(["dupes", str(folder), "-0"])
+    assert capsys.readouterr().out == "".join(p + "\0" for p in removable)
+
+
+# 8. silently accepted mistakes
+
+
+def test_unknown_key_in_a_decisions_file_is_refused(
+    collection: tuple[Path, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = collection
+    decisions = tmp_path / "decisions.json"
+    decisions.write_text('{"not_dup": []}')
+    capsys.readouterr()
+    assert main(["dupes", str(folder), "--decisions", str(decisions)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and "not_dup" in captured.err
+
+
+def test_export_npy_refuses_to_overwrite_an_unnamed_json(
+    collection: tuple[Path, list[Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = collection
+    out = tmp_path / "misc" / "out.npy"
+    out.parent.mkdir()
+    theirs = out.with_suffix(".json")
+    theirs.write_text('{"mine": true}')
+    # WHEN exporting next to someone's out.json
+    assert main(["export", str(folder), "--format", "npy", "--out", str(out)]) == 2
+    # THEN refused in one line, nothing written
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--force" in err
+    assert theirs.read_text() == '{"mine": true}' and not out.exists()
+    # AND --force replaces it; a later export replaces its own index without --force
+    assert main(["export", str(folder), "--format", "npy", "--out", str(out), "--force"]) == 0
+    assert main(["export", str(folder), "--format", "npy", "--out", str(out)]) == 0
+    assert json.loads(theirs.read_text())["count"] == 6
+
+
+# 9. small things
+
+
+def test_one_group_is_singular(
+    collection: tuple[Path, list[Path]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = collection
+    capsys.readouterr()
+    main(["dupes", str(folder)])
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "1 group of identical files" in head and "0 groups of similar" in head
+
+
+def test_image_too_large_has_one_format_whoever_refuses_it() -> None:
+    from dinoembed.errors import ImageTooLargeError
+    from dinoembed.images.decode import DecodeLimits, decode
+    from tests.helpers import png_bomb
+
+    limits = DecodeLimits(max_pixels=89_478_485, max_bytes=10**8)
+    # Pillow's own bomb check refuses this one (> 2x its limit), ours the next one
+    for width, height in [(100_000, 100_000), (10_000, 10_000)]:
+        with pytest.raises(ImageTooLargeError) as err:
+            decode(png_bomb(width, height), limits)
+        assert str(err.value) == f"image too large: {width}x{height} exceeds 89478485 pixels"
+
+
+def test_settle_seconds_help_shows_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["watch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default 0.3" in text
+    for flag in ["--rescan-seconds", "--max-pixels", "--max-bytes", "--decode-workers"]:
+        assert flag in text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field"),
+    [
+        ("--rescan-seconds", "12.5", "rescan_seconds"),
+        ("--max-pixels", "1000", "max_pixels"),
+        ("--max-bytes", "2000", "max_bytes"),
+        ("--decode-workers", "3", "decode_workers"),
+    ],
+)
+def test_limit_flags_set_the_same_settings(flag: str, value: str, field: str) -> None:
+    from dinoembed.cli.main import build_parser, make_settings
+
+    command = ["watch", "somewhere"] if field == "rescan_seconds" else ["embed", "x.jpg"]
+    settings = make_settings(build_parser().parse_args([*command, flag, value]))
+    assert str(getattr(settings, field)) == value
+
+
+def test_backfill_help_says_orphaned_sidecars_are_removed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["backfill", "--help"])
+    assert "orphaned sidecars" in " ".join(capsys.readouterr().out.split())
+
+
+def test_tiny_large_image_flag_refuses_in_one_line(
+    collection: tuple[Path, list[Path]], tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, paths = collection
+    capsys.readouterr()
+    main(["embed", str(paths[1]), "--max-pixels", "100", "--model", str(tiny_model)])
+    line = json.loads(capsys.readouterr().out)
+    assert line["error"] == "image too large: 64x64 exceeds 100 pixels"
+
+
+def test_skip_current_loads_no_model_when_everything_is_current(
+    collection: tuple[Path, list[Path]],
+    tiny_model: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dinoembed.cli import wiring
+
+    folder, paths = collection
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(wiring, "pipeline", no_model)
+    capsys.readouterr()
+    code = main(["embed", str(folder), "--skip-current", "--model", str(tiny_model)])
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert sorted(r["file_path"] for r in out) == sorted(str(p) for p in paths)
+    assert all(r["status"] == "success" for r in out)
+
+
+def test_dir_of_the_package_names_the_lazy_api() -> None:
+    import dinoembed
+
+    assert {"Embedder", "embed", "EmbeddingResult", "__version__"} <= set(dir(dinoembed))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dinoembed.cli import wiring
+from dinoembed.cli.backfill import expected_recipe
 from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
 from dinoembed.images.files import expand_paths, subfolders
@@ -29,6 +30,7 @@ from dinoembed.images.pathfilter import PathFilter
 from dinoembed.pipeline import Pipeline, local_item
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import (
+    Recipe,
     Verdict,
     judge_file,
     read_sidecar,
@@ -119,12 +121,14 @@ def run_embed(
     if not files:
         log.warning("no images found in %s", " ".join(str(p) for p in every) or "the list")
         return 0
-    embedder = wiring.pipeline(settings)
-    current = _current_results(embedder, files, settings) if skip_current else {}
+    # The sidecars are judged against the configured model without loading it (its file is
+    # only hashed): when every one is current, no model is loaded or downloaded at all.
+    current = _current_results(expected_recipe(settings), files, settings) if skip_current else {}
     if current:
         log.info(
             "%d of %d images have a current sidecar: not embedded again", len(current), len(files)
         )
+    embedder = wiring.pipeline(settings) if len(current) < len(files) else None
     failed = 0
     out = sys.stdout
     with Progress(len(files)) as progress:
@@ -148,7 +152,7 @@ def _warn_skipped_folders(folders: Sequence[Path]) -> None:
 
 
 def _current_results(
-    embedder: Pipeline, files: Sequence[Path], settings: Settings
+    recipe: Recipe, files: Sequence[Path], settings: Settings
 ) -> dict[int, EmbeddingResult]:
     """The inputs (by position) whose sidecar is current, with that sidecar's result
     (its ``file_path`` naming the image as it is now: a copied folder's sidecars name the
@@ -163,7 +167,7 @@ def _current_results(
             image = path.stat()
         except OSError:
             continue
-        verdict = judge_file(existing, image, sidecar, embedder.recipe)
+        verdict = judge_file(existing, image, sidecar, recipe)
         if verdict in (Verdict.CURRENT, Verdict.NEWER):
             here = str(path.absolute())
             found[n] = existing.model_copy(update={"file_path": here})
@@ -177,18 +181,19 @@ def _current_results(
 
 
 def _results(
-    embedder: Pipeline,
+    embedder: Pipeline | None,
     files: Sequence[Path],
     current: dict[int, EmbeddingResult],
     settings: Settings,
 ) -> Iterator[EmbeddingResult]:
     """Every input's result in input order: current sidecars as they are, the rest embedded."""
     todo = (local_item(p) for n, p in enumerate(files) if n not in current)
-    outcomes = embedder.embed(todo)
+    outcomes = embedder.embed(todo) if embedder is not None else iter(())
     for n in range(len(files)):
         if n in current:
             yield current[n]
             continue
+        assert embedder is not None  # built whenever an image is not current
         outcome = next(outcomes)
         result = outcome.result
         if settings.write_sidecars and outcome.disposition.writes:

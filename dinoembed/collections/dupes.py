@@ -67,6 +67,12 @@ class Decisions:
             raise ConfigError(f"{path}: no such decisions file") from err
         except (OSError, ValueError) as err:
             raise ConfigError(f"{path}: not a JSON decisions file ({err})") from err
+        unknown = sorted(set(doc) - {"not_duplicates"}) if isinstance(doc, dict) else []
+        if unknown:  # a misspelt key would silently decide nothing
+            raise ConfigError(
+                f"{path}: unknown key {', '.join(map(repr, unknown))} "
+                '(the only key is "not_duplicates")'
+            )
         lists = doc.get("not_duplicates", []) if isinstance(doc, dict) else None
         if not isinstance(lists, list) or not all(
             isinstance(item, list) and all(isinstance(p, str) for p in item) for item in lists

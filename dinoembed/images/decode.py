@@ -255,7 +255,7 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
             raise UnsupportedFormatError(f"unsupported format: {name}") from err
         raise NotAnImageError("not an image: the data is not a recognised image format") from err
     except Image.DecompressionBombError as err:
-        raise _bomb_error(err, limits) from err
+        raise _bomb_error(err, limits, fh) from err
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
         raise CorruptImageError(f"corrupt image header: {_one_line(err)}") from err
     except Exception as err:  # a plugin's own failure (struct.error, KeyError, ...): the data's
@@ -272,14 +272,39 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
     return img
 
 
-def _bomb_error(err: Image.DecompressionBombError, limits: DecodeLimits) -> ImageTooLargeError:
+def _bomb_error(
+    err: Image.DecompressionBombError, limits: DecodeLimits, fh: BinaryIO | None = None
+) -> ImageTooLargeError:
     """Pillow refuses > 2x its MAX_IMAGE_PIXELS inside ``Image.open``, before we see the size;
-    its message carries the pixel count, which we restate in our own words."""
+    the header is then read again without that check, so the message has the one form
+    ``image too large: WxH exceeds N pixels`` whoever refused the image."""
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # Pillow's own, when it is the lower
+    limit = min(limits.max_pixels, pillow_limit) if pillow_limit else limits.max_pixels
+    size = _header_size_unchecked(fh) if fh is not None else None
+    if size is not None:
+        return ImageTooLargeError(f"image too large: {size[0]}x{size[1]} exceeds {limit} pixels")
     found = re.search(r"\((\d+) pixels\)", str(err))
     pixels = f"{found.group(1)} pixels" if found else "the pixel count"
-    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-    limit = min(limits.max_pixels, pillow_limit) if pillow_limit else limits.max_pixels
     return ImageTooLargeError(f"image too large: {pixels} exceeds {limit} pixels")
+
+
+def _header_size_unchecked(fh: BinaryIO) -> tuple[int, int] | None:
+    """The size in the header, read by the allowlisted plugins themselves: ``Image.open``
+    would raise the bomb error again. Parsing a header decodes no pixels."""
+    fh.seek(0)
+    prefix = fh.read(16)
+    for name in allowed_formats():
+        factory, accept = Image.OPEN.get(name, (None, None))
+        if factory is None or (accept is not None and not accept(prefix)):
+            continue
+        fh.seek(0)
+        try:
+            img = factory(fh, "")
+        except Exception:  # not this format after all: try the next
+            continue
+        width, height = img.size
+        return width, height
+    return None
 
 
 def _load(img: Image.Image, limits: DecodeLimits) -> None:
