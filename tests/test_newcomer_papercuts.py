@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -400,3 +401,57 @@ def test_dir_of_the_package_names_the_lazy_api() -> None:
     import dinoembed
 
     assert {"Embedder", "embed", "EmbeddingResult", "__version__"} <= set(dir(dinoembed))
+
+
+# 6. automatic clustering assigns the clear members HDBSCAN leaves out
+#
+# Synthetic vectors with known structure: the tiny stand-in's random-weight features do
+# not separate photo families, so they cannot show the rule (tests/test_cluster_dupes.py
+# runs real photos through the stand-in for the plumbing).
+
+
+def _families(seed: int = 1) -> tuple[np.ndarray, list[int]]:
+    """Five families of four: three close variants and one looser member (a "crop"),
+    whose cosine to its family's centre is ~0.6 and to any other centre ~0.1 or less."""
+    rng = np.random.default_rng(seed)
+    dim = 64
+    centres = np.linalg.qr(rng.normal(size=(dim, 5)))[0].T  # orthonormal family centres
+    rows, family = [], []
+    for f, centre in enumerate(centres):
+        for noise in (0.05, 0.1, 0.15):
+            rows.append(centre + noise * rng.normal(size=dim) / np.sqrt(dim))
+            family.append(f)
+        loose = rng.normal(size=dim)
+        loose -= centres.T @ (centres @ loose)  # orthogonal to every centre
+        rows.append(0.6 * centre + 0.8 * loose / np.linalg.norm(loose))
+        family.append(f)
+    matrix = np.array(rows)
+    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32), family
+
+
+def test_hdbscan_alone_leaves_the_loose_members_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the situation the rule is for (else the next test would prove nothing)
+    from dinoembed.collections import clustering
+
+    monkeypatch.setattr(clustering, "_adopt", lambda matrix, labels: labels)
+    matrix, _ = _families()
+    result = clustering.density(matrix)
+    assert sorted(result.unclustered) == [3, 7, 11, 15, 19]
+    assert len(result.clusters) == 5
+
+
+def test_clustering_without_k_assigns_members_clearly_nearer_their_family() -> None:
+    from dinoembed.collections.clustering import density
+
+    matrix, family = _families()
+    # AND two rows that are clear of nothing: halfway between two families, and unrelated
+    rng = np.random.default_rng(7)
+    between = matrix[0] + matrix[4]
+    unrelated = rng.normal(size=matrix.shape[1])
+    extra = np.array([between / np.linalg.norm(between), unrelated / np.linalg.norm(unrelated)])
+    everything = np.vstack([matrix, extra.astype(np.float32)])
+    result = density(everything)
+    got = sorted(sorted(c.members) for c in result.clusters)
+    expected = sorted([i for i in range(len(family)) if family[i] == f] for f in range(5))
+    assert got == expected
+    assert sorted(result.unclustered) == [20, 21]
