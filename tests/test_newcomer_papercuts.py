@@ -455,3 +455,69 @@ def test_clustering_without_k_assigns_members_clearly_nearer_their_family() -> N
     expected = sorted([i for i in range(len(family)) if family[i] == f] for f in range(5))
     assert got == expected
     assert sorted(result.unclustered) == [20, 21]
+
+
+# 5. the keep rule prefers the original; the report shows every image
+
+
+def _entry(path: str, *, px: int, size: int, mtime: float | None, sha: str = "") -> object:
+    from dinoembed.collections.collection import Entry
+
+    return Entry(path, "s", path, None, 0, size, sha or path, px, px, mtime)
+
+
+def test_keep_prefers_the_original_over_a_larger_re_encode() -> None:
+    from dinoembed.collections.dupes import choose_keep
+
+    # GIVEN the original JPEG and a later, larger HEIC re-encode of the same size in pixels
+    original = _entry("/p/chelsea.jpg", px=512, size=40_000, mtime=1000.0)
+    heic = _entry("/p/chelsea.heic", px=512, size=90_000, mtime=2000.0)
+    index, reason = choose_keep([heic, original])  # type: ignore[list-item]
+    # THEN the older file is kept, and the reason says so in words
+    assert index == 1
+    assert reason.startswith("same pixel size (512x512), oldest file")
+
+
+def test_keep_still_prefers_more_pixels_then_lossless_then_size() -> None:
+    from dinoembed.collections.dupes import choose_keep
+
+    half = _entry("/p/a-half.jpg", px=256, size=10, mtime=1.0)
+    full = _entry("/p/a.jpg", px=512, size=5, mtime=5.0)
+    assert choose_keep([half, full]) == (1, "most pixels (512x512)")  # type: ignore[list-item]
+    # unknown age (S3): a lossless format beats a lossy one, then the larger file
+    jpg = _entry("/p/b.jpg", px=512, size=90_000, mtime=None)
+    png = _entry("/p/b.png", px=512, size=80_000, mtime=None)
+    index, reason = choose_keep([jpg, png])  # type: ignore[list-item]
+    assert (index, reason) == (1, "same pixel size (512x512), lossless format (PNG)")
+    small = _entry("/p/c1.jpg", px=512, size=1_000, mtime=None)
+    large = _entry("/p/c2.jpg", px=512, size=2_000, mtime=None)
+    index, reason = choose_keep([small, large])  # type: ignore[list-item]
+    assert (index, reason) == (1, "same pixel size (512x512), largest file (2.0 KB)")
+
+
+def test_report_shows_every_image_and_wraps_at_words(
+    collection: tuple[Path, list[Path]],
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import html
+
+    folder, paths = collection
+    # GIVEN also a file that failed to embed
+    bad = folder / "broken.jpg"
+    bad.write_text("not a picture")
+    main(["embed", str(bad), "--write-sidecars", "--model", str(tiny_model)])
+    out = tmp_path / "report.html"
+    # WHEN the report is written (k-means with k=2: every image in a cluster, or HDBSCAN)
+    for extra in ([], ["--k", "2"]):
+        capsys.readouterr()
+        assert main(["report", str(folder), "--out", str(out), *extra]) == 0
+        page = out.read_text()
+        # THEN every image, the failed one too, has a tile (its name in a caption)
+        for path in [*paths, bad]:
+            assert f'title="{html.escape(str(path))}"' in page, path
+        assert "Failed" in page
+        # AND no word is broken mid-word
+        assert "break-all" not in page and "anywhere" not in page
+        assert "same pixels" not in page

@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -39,7 +39,7 @@ from dinoembed.results.sidecars import image_name, same_space
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 2  # 2: entries carry size, sha256, width, height
+INDEX_FORMAT = 3  # 2: entries carry size, sha256, width, height; 3: and the image's mtime
 NOT_A_ROW = -1
 
 
@@ -139,6 +139,7 @@ class Entry:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+    mtime: float | None = None  # the image's, as its sidecar recorded it (local files only)
 
     @property
     def pixels(self) -> int | None:
@@ -227,6 +228,7 @@ def _parse(name: str, stamp: str, data: bytes, guard: _ModelGuard, fresh: _Fresh
         sha256=src.sha256,
         width=src.width,
         height=src.height,
+        mtime=src.mtime,
     )
     if result.ok and result.embedding is not None:
         guard.check(result.model, name)
@@ -362,10 +364,7 @@ class CollectionCache:
                 "location": collection.location,
                 "model": collection.model.model_dump() if collection.model else None,
                 "vectors": vectors,
-                "entries": [
-                    [e.sidecar, e.stamp, e.path, e.etag, e.row, e.size, e.sha256, e.width, e.height]
-                    for e in collection.entries
-                ],
+                "entries": [astuple(e) for e in collection.entries],  # the fields, in order
             }
             write_atomic(self.index_path, json.dumps(index).encode())
             for stale in self.directory.glob("vectors-*.npy"):
