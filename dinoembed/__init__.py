@@ -32,3 +32,8 @@ def __getattr__(name: str) -> Any:
 
         return EmbeddingResult
     raise AttributeError(f"module 'dinoembed' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, so ``dir(dinoembed)`` and completion show the API."""
+    return sorted({*globals(), *__all__})

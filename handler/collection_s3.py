@@ -34,10 +34,10 @@ from dinoembed.errors import ConfigError, SourceGoneError, TransientError
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
 from dinoembed.handler.process import Processor
-from dinoembed.handler.s3io import S3Objects, client_config, map_error
+from dinoembed.handler.s3io import S3_CONCURRENCY, S3Objects, client_config, map_error
 from dinoembed.images.files import looks_like_image
 from dinoembed.pipeline import Pipeline
-from dinoembed.results.coverage import Listing, assess
+from dinoembed.results.coverage import Coverage, Listing, assess
 from dinoembed.results.schema import EmbeddingResult, SourceInfo, utc_now
 from dinoembed.results.sidecars import (
     Recipe,
@@ -48,7 +48,7 @@ from dinoembed.results.sidecars import (
 
 log = logging.getLogger(__name__)
 
-READ_WORKERS = 16
+READ_WORKERS = S3_CONCURRENCY  # the client's pool is sized for these
 SQS_BATCH = 10  # the most send_message_batch accepts
 EMBED_CHUNK = 64  # objects handed to the processor at a time (progress granularity)
 BACKFILL_ID = "dinoembed-backfill"
@@ -211,16 +211,16 @@ class BackfillSummary:
 
 def stale_images(
     client: Any, bucket: str, prefix: str, suffix: str, recipe: Recipe
-) -> tuple[list[ObjectRef], int]:
-    """Images under the prefix whose sidecar is missing or stale for ``recipe`` (the same
-    listing and the same counting as ``dinoembed status``); and how many images there are."""
+) -> tuple[list[ObjectRef], Coverage]:
+    """Images under the prefix whose sidecar is missing or stale for ``recipe``, and the
+    prefix's coverage: the same listing and the same counting as ``dinoembed status``."""
     listing = list_prefix(client, bucket, prefix, suffix)
     coverage = assess(listing, recipe, suffix)
     todo = [
         ObjectRef(bucket, key, size=listing.images[key].size, etag=listing.images[key].etag)
         for key in coverage.todo
     ]
-    return todo, coverage.images
+    return todo, coverage
 
 
 def embed_here(

@@ -65,7 +65,14 @@ CONNECTION_ERRORS = (
 )
 
 
-def client_config() -> Config:
+# Threads that may share one S3 client: the sidecar readers of collection_s3, and the
+# pipeline's decode workers when they fetch objects. botocore's pool holds 10 connections;
+# with more threads urllib3 logs "Connection pool is full, discarding connection" and
+# reconnects, so each client's pool is sized to the threads it serves.
+S3_CONCURRENCY = 16
+
+
+def client_config(concurrency: int = S3_CONCURRENCY) -> Config:
     """Standard retry mode (3 attempts; AWS_MAX_ATTEMPTS overrides) backs off on throttling
     itself before the handler gives the record back for a later retry.
 
@@ -73,7 +80,7 @@ def client_config() -> Config:
     AWS_MAX_ATTEMPTS) into the ``retries`` dict it is given, so a shared Config
     would pin every later client to the first one's value.
     """
-    return Config(retries={"mode": "standard"}, connect_timeout=5)
+    return Config(retries={"mode": "standard"}, connect_timeout=5, max_pool_connections=concurrency)
 
 
 class S3TransientError(TransientError):
@@ -231,8 +238,9 @@ class S3Objects:
         return True
 
 
-def make_client() -> Any:
-    """A boto3 S3 client (endpoint and region from the standard AWS variables)."""
+def make_client(concurrency: int = S3_CONCURRENCY) -> Any:
+    """A boto3 S3 client (endpoint and region from the standard AWS variables) whose
+    connection pool serves ``concurrency`` threads."""
     import boto3
 
-    return boto3.client("s3", config=client_config())
+    return boto3.client("s3", config=client_config(max(concurrency, S3_CONCURRENCY)))

@@ -151,7 +151,7 @@ def test_similar_answers_from_the_query_images_sidecar_without_a_model(
     done = run(["similar", str(coll / "chelsea.jpg"), "--in", str(coll)], env)
     # THEN it answers, leaving the query out, without asking for the model
     assert done.returncode == 0, done.stderr
-    paths = [line.split("  ", 1)[1] for line in done.stdout.splitlines()]
+    paths = [line.split("\t", 1)[1] for line in done.stdout.splitlines()]
     assert sorted(Path(p).name for p in paths) == ["coffee.jpg", "rocket.jpg"]
     assert script.requests == 0
 

@@ -576,9 +576,11 @@ def test_three_deliveries_of_one_sqs_batch_then_backfill_and_dupes_agree(
     capsys.readouterr()  # the function's own JSON log lines (Powertools logs to stdout)
     code = main(["backfill", prefix, "--model", str(tiny_model)])
     summary = json.loads(capsys.readouterr().out)
-    # THEN it finds the function's sidecars current and writes nothing
-    assert code == 0
+    # THEN it finds the function's sidecars current and writes nothing; the broken image's
+    # error sidecar counts as an error, as `status` counts it (exit 1)
+    assert code == 1
     assert (summary["images"], summary["todo"], summary["embedded"]) == (len(keys), 0, 0)
+    assert (summary["current"], summary["errors"]) == (len(keys) - 1, 1)
     assert sidecar_etags(s3) == written
     # AND `dupes` finds the byte-identical copy among the function's sidecars
     assert main(["dupes", prefix, "--json"]) == 0

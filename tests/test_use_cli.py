@@ -170,7 +170,7 @@ def test_similar_with_a_sidecar_query_leaves_the_query_out(
     sidecar = str(image) + SUFFIX
     code, out, _ = cli(capsys, "similar", sidecar, "--in", str(root), "--min-score", "0.9")
     assert code == 0
-    lines = [line.split("  ", 1) for line in out.splitlines()]
+    lines = [line.split("\t", 1) for line in out.splitlines()]
     assert {path for _, path in lines} == groups["rocket"] - {str(image)}
     assert all(float(score) >= 0.9 for score, _ in lines)
 

@@ -188,6 +188,9 @@ class WatchDaemon:
             self.root, parts.sidecars.suffix, recursive=self.recursive, select=parts.sidecars.select
         )
         parts.worker.on_done = parts.scanner.on_current = backlog.advance
+        # An error sidecar found current is an error, as `status` counts it: one set of
+        # failed files (set.add/discard are atomic, so the scanning thread may add to it).
+        parts.scanner.on_failed = parts.worker.stats.failed.add
         if backlog.shown:  # per-image lines would break the progress line
             parts.worker.success_level = logging.DEBUG
         self._initial = parts.scanner.scan(self.root)
@@ -288,11 +291,13 @@ def _log_scan(report: ScanReport, what: str, level: int = logging.INFO) -> int:
     """Log a scan's report; returns how many images it found up to date."""
     log.log(
         level,
-        "%s: %d images, %d queued, %d up to date, %d orphaned sidecars removed",
+        "%s: %d images, %d queued, %d up to date, %d with an error sidecar, "
+        "%d orphaned sidecars removed",
         what,
         report.images,
         report.queued,
         report.current,
+        report.failed,
         report.orphans_removed,
     )
     return report.current

@@ -34,6 +34,7 @@ class ScanReport:
     images: int = 0
     queued: int = 0
     current: int = 0
+    failed: int = 0  # images whose current sidecar records an error (as `status` counts them)
     orphans_removed: int = 0
     temps_removed: int = 0
 
@@ -62,6 +63,7 @@ class Scanner:
         self.recursive = recursive
         self.cancelled = cancelled
         self.on_current: Callable[[], None] = lambda: None
+        self.on_failed: Callable[[Path], None] = lambda path: None
         self.started = time.time()  # our own temp files are never older than this
 
     def scan(self, folder: Path, touch: Touch = Touch.SCAN) -> ScanReport:
@@ -109,8 +111,13 @@ class Scanner:
             log.info("%s: skipped, it resolves outside %s", path, self.sidecars.root)
             return
         report.images += 1
-        if self.sidecars.state(path, st) is State.CURRENT:
-            report.current += 1
+        state = self.sidecars.state(path, st)
+        if state in (State.CURRENT, State.FAILED):
+            if state is State.FAILED:
+                report.failed += 1
+                self.on_failed(path)
+            else:
+                report.current += 1
             self.on_current()
             return
         if self.queue.put(path, touch, block=True, cancelled=self.cancelled):

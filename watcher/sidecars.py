@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 class State(enum.Enum):
     CURRENT = "current"
+    FAILED = "failed"  # current, and it records an error: not retried, counted as an error
     RENAMED = "renamed"  # current, but its file_path names the old place
     NEEDED = "needed"
 
@@ -98,7 +99,7 @@ class Sidecars:
             return State.NEEDED
         if result.file_path != str(image.absolute()):
             return State.RENAMED
-        return State.CURRENT
+        return State.CURRENT if result.ok else State.FAILED
 
     def rename(self, image: Path) -> None:
         """Point the (current) sidecar's ``file_path`` at the image's present name."""

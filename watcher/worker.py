@@ -32,7 +32,8 @@ ERROR_BACKOFF_SECONDS = 1.0
 
 @dataclass(slots=True)
 class Stats:
-    """Counters since start (written by the worker thread only)."""
+    """Counters since start (written by the worker thread only, except that the scanner
+    adds to ``failed`` the files it finds with a current error sidecar)."""
 
     embedded: int = 0
     skipped: int = 0
@@ -156,7 +157,10 @@ class Worker(threading.Thread):
             log.log(self.success_level, "%s: up to date, its sidecar now names it", path)
         if state is not State.NEEDED:
             if not entry.sidecar_only:  # else counted when the image itself came by
-                self.stats.skipped += 1
+                if state is State.FAILED:  # an error all the same, as `status` counts it
+                    self.stats.failed.add(path)
+                else:
+                    self.stats.skipped += 1
                 self._advance()
             return None
         return watched_item(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def write_backfill_manifest(settings: Settings, location: str, out: Path) -> int
     coverage = assess(wiring.list_location(location, settings), recipe, settings.output_suffix)
     s3.write_manifest(out, bucket, coverage.todo)
     summary = s3.BackfillSummary(location, images=coverage.images, todo=len(coverage.todo))
-    summary.current = summary.images - summary.todo
+    summary.current, summary.errors = coverage.current + coverage.newer, coverage.errors
     doc = json.loads(summary.to_json()) | {"manifest": str(out)}
     log.info("backfill %s: %d keys in the manifest %s", location, summary.todo, out)
     output.print_json(doc)
@@ -104,24 +105,25 @@ def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int
     with wiring.needs_extra("s3:// locations"):
         from dinoembed.handler import collection_s3 as s3
     bucket, prefix = s3.parse_s3_uri(location)
-    client = wiring.s3_client()
+    client = wiring.s3_client(settings.decode_workers or os.cpu_count() or 1)  # decode fetches
     suffix = settings.output_suffix
     summary = s3.BackfillSummary(location)
     if queue_url:
-        refs, summary.images = s3.stale_images(
-            client, bucket, prefix, suffix, expected_recipe(settings)
-        )
+        refs, coverage = s3.stale_images(client, bucket, prefix, suffix, expected_recipe(settings))
         region = str(client.meta.region_name)
         summary.queued = s3.send_to_queue(s3.make_sqs_client(), queue_url, refs, region)
     else:
         embedder = wiring.pipeline(settings, client)
-        refs, summary.images = s3.stale_images(client, bucket, prefix, suffix, embedder.recipe)
+        refs, coverage = s3.stale_images(client, bucket, prefix, suffix, embedder.recipe)
         with Progress(len(refs)) as progress:
             tally = s3.embed_here(client, refs, embedder, suffix, on_progress=progress.advance)
         summary.embedded, summary.errors = tally.embedded, tally.errors
         summary.skipped, summary.failed = tally.skipped, tally.failed
-    summary.todo = len(refs)
-    summary.current = summary.images - len(refs)
+    # As `status` counts: "current" a current success sidecar (found), "errors" a current
+    # error sidecar (found, or written now); newer sidecars count as current.
+    summary.images, summary.todo = coverage.images, len(refs)
+    summary.current = coverage.current + coverage.newer
+    summary.errors += coverage.errors
     log.info("backfill %s: %s", location, summary.to_json())
     output.print_json(asdict(summary))
     return 1 if summary.failed or summary.errors else 0

@@ -1,7 +1,9 @@
 """``dinoembed embed``: local files in, JSONL out (and sidecars when asked).
 
-Paths come from the command line, from ``--files-from FILE`` (one a line) and from
-standard input (``-`` as a path, or ``--files-from -``). A path named on the command
+Paths come from the command line, from ``--files-from FILE`` (one a line; with
+``-0``/``--null`` NUL-separated, as ``find -print0`` writes them) and from standard
+input (``-`` as a path, or ``--files-from -``). A NUL byte in a line-separated list
+is refused with one line naming ``-0`` (a file name cannot hold one). A path named on the command
 line that does not exist is an argument error (exit 2, before any model is loaded); one
 read from a list is data: it gets its own error result line ("file not found") and the
 rest of the list is embedded. With ``--skip-current`` an image whose sidecar is current
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dinoembed.cli import wiring
+from dinoembed.cli.backfill import expected_recipe
 from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
 from dinoembed.images.files import expand_paths, subfolders
@@ -27,6 +30,7 @@ from dinoembed.images.pathfilter import PathFilter
 from dinoembed.pipeline import Pipeline, local_item
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import (
+    Recipe,
     Verdict,
     judge_file,
     read_sidecar,
@@ -48,16 +52,16 @@ class Inputs:
     listed: tuple[Path, ...]
 
 
-def gather_inputs(paths: Sequence[Path], files_from: Path | None) -> Inputs:
+def gather_inputs(paths: Sequence[Path], files_from: Path | None, *, null: bool = False) -> Inputs:
     """The command line's paths, with ``-`` (and ``--files-from``) replaced by the paths
-    they list. Standard input is read at most once."""
+    they list (NUL-separated with ``null``). Standard input is read at most once."""
     named: list[Path] = []
     listed: list[Path] = []
     read_stdin = files_from is not None and str(files_from) == STDIN
     if files_from is not None and not read_stdin:
         try:
             with files_from.open("rb") as fh:
-                listed += _read_list(fh)
+                listed += _read_list(fh, f"--files-from {files_from}", null=null)
         except OSError as err:
             raise ConfigError(f"--files-from {files_from}: {err.strerror or err}") from err
     for path in paths:
@@ -66,19 +70,31 @@ def gather_inputs(paths: Sequence[Path], files_from: Path | None) -> Inputs:
         else:
             named.append(path)
     if read_stdin:
-        listed += _read_list(sys.stdin.buffer)
+        listed += _read_list(sys.stdin.buffer, "standard input", null=null)
+    elif null and files_from is None:
+        raise ConfigError("-0/--null: there is no path list to read ('-' or --files-from)")
     if not named and not listed and not read_stdin and files_from is None:
         raise ConfigError("nothing to embed: name images or folders, or use --files-from")
     return Inputs(tuple(named), tuple(listed))
 
 
-def _read_list(stream: BinaryIO) -> Iterator[Path]:
-    """One path a line; blank lines skipped. Bytes are decoded as the file system does
-    (``os.fsdecode``), so any file name survives the round trip through ``find``."""
-    for raw in stream:
-        line = raw.rstrip(b"\r\n")
-        if line.strip():
-            yield Path(os.fsdecode(line))
+def _read_list(stream: BinaryIO, what: str, *, null: bool) -> list[Path]:
+    """One path a line (with ``null``: NUL-separated, where a name may hold a newline);
+    blank entries skipped. Bytes are decoded as the file system does (``os.fsdecode``),
+    so any file name survives the round trip through ``find``. A NUL byte in a line
+    list is a ConfigError: no file name holds one, it is a ``find -print0`` list."""
+    if null:
+        entries = stream.read().split(b"\0")
+    else:
+        entries = []
+        for number, raw in enumerate(stream, 1):
+            if b"\0" in raw:
+                raise ConfigError(
+                    f"{what}: line {number} holds a NUL byte; for a NUL-separated list "
+                    "(find -print0) add -0"
+                )
+            entries.append(raw.rstrip(b"\r\n"))
+    return [Path(os.fsdecode(entry)) for entry in entries if entry.strip()]
 
 
 def run_embed(
@@ -86,12 +102,13 @@ def run_embed(
     paths: Sequence[Path],
     *,
     files_from: Path | None = None,
+    null: bool = False,
     skip_current: bool = False,
 ) -> int:
     """Print one JSON result per image, in input order. 0 when all succeeded (and, with
     ``--write-sidecars``, every sidecar was written), else 1: a sidecar that could not be
     written turns that image's line into an error result saying why."""
-    inputs = gather_inputs(paths, files_from)
+    inputs = gather_inputs(paths, files_from, null=null)
     missing = [str(p) for p in inputs.named if not p.exists() and not p.is_symlink()]
     if missing:  # an argument error: found before the model is loaded or downloaded
         raise ConfigError(f"no such file or folder: {' '.join(missing)}")
@@ -104,12 +121,14 @@ def run_embed(
     if not files:
         log.warning("no images found in %s", " ".join(str(p) for p in every) or "the list")
         return 0
-    embedder = wiring.pipeline(settings)
-    current = _current_results(embedder, files, settings) if skip_current else {}
+    # The sidecars are judged against the configured model without loading it (its file is
+    # only hashed): when every one is current, no model is loaded or downloaded at all.
+    current = _current_results(expected_recipe(settings), files, settings) if skip_current else {}
     if current:
         log.info(
             "%d of %d images have a current sidecar: not embedded again", len(current), len(files)
         )
+    embedder = wiring.pipeline(settings) if len(current) < len(files) else None
     failed = 0
     out = sys.stdout
     with Progress(len(files)) as progress:
@@ -133,7 +152,7 @@ def _warn_skipped_folders(folders: Sequence[Path]) -> None:
 
 
 def _current_results(
-    embedder: Pipeline, files: Sequence[Path], settings: Settings
+    recipe: Recipe, files: Sequence[Path], settings: Settings
 ) -> dict[int, EmbeddingResult]:
     """The inputs (by position) whose sidecar is current, with that sidecar's result
     (its ``file_path`` naming the image as it is now: a copied folder's sidecars name the
@@ -148,7 +167,7 @@ def _current_results(
             image = path.stat()
         except OSError:
             continue
-        verdict = judge_file(existing, image, sidecar, embedder.recipe)
+        verdict = judge_file(existing, image, sidecar, recipe)
         if verdict in (Verdict.CURRENT, Verdict.NEWER):
             here = str(path.absolute())
             found[n] = existing.model_copy(update={"file_path": here})
@@ -162,18 +181,19 @@ def _current_results(
 
 
 def _results(
-    embedder: Pipeline,
+    embedder: Pipeline | None,
     files: Sequence[Path],
     current: dict[int, EmbeddingResult],
     settings: Settings,
 ) -> Iterator[EmbeddingResult]:
     """Every input's result in input order: current sidecars as they are, the rest embedded."""
     todo = (local_item(p) for n, p in enumerate(files) if n not in current)
-    outcomes = embedder.embed(todo)
+    outcomes = embedder.embed(todo) if embedder is not None else iter(())
     for n in range(len(files)):
         if n in current:
             yield current[n]
             continue
+        assert embedder is not None  # built whenever an image is not current
         outcome = next(outcomes)
         result = outcome.result
         if settings.write_sidecars and outcome.disposition.writes:

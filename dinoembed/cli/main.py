@@ -98,6 +98,34 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     add_cache_dir_option(parser)
     parser.add_argument("--batch-size", type=int, help="images per inference run (default 8)")
     _add_threads_option(parser)
+    _add_limit_options(parser)
+
+
+def _default(field: str) -> object:
+    """A setting's default, for the help text (the one place it is written)."""
+    return Settings.model_fields[field].default
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """Decoding limits and workers: the same settings as DINOEMBED_MAX_PIXELS etc."""
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        metavar="N",
+        help=f"refuse images of more pixels than this (default {_default('max_pixels')})",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        metavar="N",
+        help=f"refuse files larger than this many bytes (default {_default('max_bytes')})",
+    )
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        metavar="N",
+        help="threads that read and decode images (default: usable CPUs)",
+    )
 
 
 def _add_query_options(parser: argparse.ArgumentParser) -> None:
@@ -139,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also embed the paths listed in FILE, one a line ('-': standard input)",
     )
+    embed.add_argument(
+        "--null",
+        action="store_true",
+        help="(or -0) path lists ('-', --files-from) are NUL-separated, as `find -print0` "
+        "writes them",
+    )
     embed.add_argument("-r", "--recursive", action="store_true", help="descend into folders")
     embed.add_argument(
         "--write-sidecars",
@@ -168,7 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--settle-seconds",
         type=float,
-        help="how long a file must stay unchanged before it is embedded",
+        help="how long a file must stay unchanged before it is embedded "
+        f"(default {_default('settle_seconds')})",
+    )
+    watch.add_argument(
+        "--rescan-seconds",
+        type=float,
+        help="walk the whole folder again this often, for changes no event reported; "
+        f"0: never (default {_default('rescan_seconds')})",
     )
     _add_embed_options(watch)
     add_suffix_option(watch)
@@ -231,6 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("location", metavar="DIR_OR_S3", help="a folder or s3://bucket/prefix")
     status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument(
+        "--list",
+        dest="list_kinds",
+        action="append",
+        choices=["missing", "stale", "errors"],
+        help="print the paths (or s3:// URIs) of these images instead, one a line "
+        "(repeatable; with --json: a 'files' object beside the counts)",
+    )
+    status.add_argument(
+        "--null", action="store_true", help="(or -0) with --list: end each path with NUL"
+    )
     status.add_argument(
         "--no-recursive", dest="recursive", action="store_false", help="top folder only"
     )
@@ -312,8 +364,39 @@ def make_settings(args: argparse.Namespace) -> Settings:
     return Settings(**explicit)
 
 
+NULL_FLAG = "-0"  # short for --null, as xargs -0 and du -0 spell it
+
+
+def expand_null_flag(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``-0`` -> ``--null``, except as the value of an option (``--threshold -0``).
+
+    Registered with argparse, an option that looks like a negative number makes it read
+    every negative number as an option: ``--top-k -1`` would stop being a value and
+    ``--threshold -0.5`` a usage error, not the one-line range error. So ``-0`` is
+    spelt out here, before parsing."""
+    takes_value = {
+        flag
+        for command in [parser, *_all_subparsers(_subcommands(parser))]
+        for action in command._actions
+        if action.nargs != 0
+        for flag in action.option_strings
+    }
+    out: list[str] = []
+    for n, arg in enumerate(argv):
+        if arg == "--":
+            return out + list(argv[n:])
+        value = n > 0 and argv[n - 1] in takes_value
+        out.append("--null" if arg == NULL_FLAG and not value else arg)
+    return out
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> Any:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(expand_null_flag(parser, sys.argv[1:] if argv is None else list(argv)))
     output.use_utf8_stdout()
     level = logging.WARNING - 10 * min(args.verbose, 2)
     handler = configure_logging(level, sys.stderr)
@@ -382,6 +465,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             settings,
             getattr(args, "paths", []),
             files_from=getattr(args, "files_from", None),
+            null=getattr(args, "null", False),
             skip_current=getattr(args, "skip_current", False),
         )
     if args.command == "watch":
@@ -400,7 +484,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "status":
         from dinoembed.cli.status import run_status
 
-        return run_status(settings, args.location, as_json=getattr(args, "json", False))
+        return run_status(
+            settings,
+            args.location,
+            as_json=getattr(args, "json", False),
+            listed=getattr(args, "list_kinds", []),
+            null=getattr(args, "null", False),
+        )
     if args.command == "serve":
         from dinoembed.cli.serve import run_serve
 

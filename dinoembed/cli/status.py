@@ -9,6 +9,9 @@ stale or failed, 2 when the command cannot run (main's handling of DinoEmbedErro
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
+
 from dinoembed.cli import output, wiring
 from dinoembed.cli.backfill import expected_recipe
 from dinoembed.results.coverage import Coverage, assess
@@ -18,10 +21,29 @@ EXIT_COMPLETE, EXIT_INCOMPLETE = 0, 1
 ROWS = ("images", "current", "errors", "missing", "stale", "orphaned", "newer")
 
 
-def run_status(settings: Settings, location: str, *, as_json: bool = False) -> int:
+def run_status(
+    settings: Settings,
+    location: str,
+    *,
+    as_json: bool = False,
+    listed: Sequence[str] = (),
+    null: bool = False,
+) -> int:
+    """Print the counts; with ``listed`` kinds (``--list``), only the names of those
+    images, one a line (NUL-terminated with ``null``), or beside the counts in the JSON."""
     recipe = expected_recipe(settings)
     coverage = assess(wiring.list_location(location, settings), recipe, settings.output_suffix)
-    print(output.to_json(coverage.to_dict()) if as_json else render(coverage))
+    kinds = list(dict.fromkeys(listed))
+    if as_json:
+        doc = coverage.to_dict()
+        if kinds:
+            doc["files"] = {kind: list(coverage.files[kind]) for kind in kinds}
+        print(output.to_json(doc))
+    elif kinds:
+        end = "\0" if null else "\n"
+        sys.stdout.write("".join(name + end for kind in kinds for name in coverage.files[kind]))
+    else:
+        print(render(coverage))
     return EXIT_COMPLETE if coverage.complete else EXIT_INCOMPLETE
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from dinoembed.collections.facts import complete_facts
 from dinoembed.collections.report import thumbnail_uri, write_report
 from dinoembed.collections.similarity import top_k
 from dinoembed.common.vectors import normalize_rows
+from dinoembed.common.words import plural
 from dinoembed.errors import ConfigError, ImageError
 from dinoembed.images.decode import DecodeLimits
 from dinoembed.results.schema import EmbeddingResult, ModelInfo
@@ -71,11 +73,17 @@ def add_use_commands(sub: Any, embed_options: OptionAdder, query_options: Option
     similar.add_argument("--top-k", type=int, help=f"how many (default {DEFAULT_TOP_K})")
     similar.add_argument("--min-score", type=float, help="leave out results below this cosine")
     similar.add_argument("--json", action="store_true", help="one JSON document")
+    _add_paths_options(similar, "the paths only, best first, one a line (for xargs)")
     query_options(similar)
     dupes = sub.add_parser("dupes", argument_default=s, help="groups of near-duplicate images")
     dupes.add_argument("collection", metavar="DIR_OR_S3", help=COLLECTION_HELP)
     dupes.add_argument("--threshold", type=float, help=f"cosine (default {DEFAULT_THRESHOLD})")
     dupes.add_argument("--json", action="store_true", help="one JSON document")
+    _add_paths_options(
+        dupes,
+        "only the paths of the images that are not their group's suggested keep, one a line "
+        "(the redundant copies, for xargs)",
+    )
     cluster = sub.add_parser("cluster", argument_default=s, help="group images by content")
     cluster.add_argument("collection", metavar="DIR_OR_S3", help=COLLECTION_HELP)
     cluster.add_argument("--k", type=int, help="exactly K clusters (k-means); default: HDBSCAN")
@@ -101,7 +109,13 @@ def add_use_commands(sub: Any, embed_options: OptionAdder, query_options: Option
             help='JSON {"not_duplicates": [[path, path, ...], ...]}: never grouped together',
         )
     backfill = sub.add_parser(
-        "backfill", argument_default=s, help="embed images that have no up-to-date sidecar"
+        "backfill",
+        argument_default=s,
+        help="embed images that have no up-to-date sidecar",
+        description="Embed the images of a folder or s3://bucket/prefix that have no "
+        "up-to-date sidecar. A folder is backfilled as `watch --once` does it: it also "
+        "removes orphaned sidecars (those whose image is gone). The summary counts "
+        "images as `status` does.",
     )
     backfill.add_argument("collection", metavar="DIR_OR_S3", help="a folder or s3://bucket/prefix")
     backfill.add_argument(
@@ -125,10 +139,33 @@ def add_use_commands(sub: Any, embed_options: OptionAdder, query_options: Option
         help="npy (+ a .json index beside it) or parquet (needs dinoembed[export])",
     )
     exp.add_argument("--out", type=Path, required=True, metavar="PATH", help="the file to write")
+    exp.add_argument(
+        "--force",
+        action="store_true",
+        help="npy: replace a .json beside --out that an earlier export did not write",
+    )
     for parser in (similar, dupes, cluster, report, backfill, exp):
         parser.add_argument(
             "--no-recursive", dest="recursive", action="store_false", help="top folder only"
         )
+
+
+def _add_paths_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--paths", action="store_true", help=f"print {what}")
+    parser.add_argument(
+        "--null", action="store_true", help="(or -0) as --paths, each path ended by NUL (xargs -0)"
+    )
+
+
+def _paths_end(args: argparse.Namespace) -> str | None:
+    """How --paths/-0 end each path: None when neither was given."""
+    if getattr(args, "null", False):
+        return "\0"
+    return "\n" if getattr(args, "paths", False) else None
+
+
+def _print_paths(paths: Sequence[str], end: str) -> None:
+    sys.stdout.write("".join(path + end for path in paths))
 
 
 def run_use(args: argparse.Namespace, settings: Settings) -> int:
@@ -140,13 +177,16 @@ def run_use(args: argparse.Namespace, settings: Settings) -> int:
             top=getattr(args, "top_k", DEFAULT_TOP_K),
             min_score=getattr(args, "min_score", None),
             as_json=getattr(args, "json", False),
+            paths_end=_paths_end(args),
         )
     if args.command in ("dupes", "report"):
         threshold = getattr(args, "threshold", DEFAULT_THRESHOLD)
         decisions = getattr(args, "decisions", None)
         if args.command == "dupes":
             as_json = getattr(args, "json", False)
-            return run_dupes(settings, args.collection, threshold, as_json, decisions)
+            return run_dupes(
+                settings, args.collection, threshold, as_json, decisions, _paths_end(args)
+            )
         options = ClusterOptions(getattr(args, "k", None), getattr(args, "min_size", MIN_SIZE))
         return run_report(settings, args.collection, args.out, threshold, decisions, options)
     if args.command == "cluster":
@@ -161,7 +201,8 @@ def run_use(args: argparse.Namespace, settings: Settings) -> int:
             getattr(args, "queue_url", None),
             manifest=getattr(args, "manifest", None),
         )
-    return run_export(settings, args.collection, args.export_format, args.out)
+    force = getattr(args, "force", False)
+    return run_export(settings, args.collection, args.export_format, args.out, force=force)
 
 
 def open_collection(location: str, settings: Settings) -> Collection:
@@ -202,7 +243,9 @@ def run_similar(
     top: int = DEFAULT_TOP_K,
     min_score: float | None = None,
     as_json: bool = False,
+    paths_end: str | None = None,
 ) -> int:
+    """Text: ``score<TAB>path`` a line, best first; ``paths_end``: the paths only."""
     if top < 0:
         raise ConfigError(f"--top-k {top}: must be 0 or more")
     if not wiring.is_s3(query) and not Path(query).is_file():
@@ -226,9 +269,11 @@ def run_similar(
             "results": [{"path": e.path, "score": round(s, 6), "etag": e.etag} for e, s in hits],
         }
         output.print_json(doc)
+    elif paths_end is not None:
+        _print_paths([entry.path for entry, _ in hits], paths_end)
     else:
         for entry, score in hits:
-            print(f"{score:.4f}  {entry.path}")
+            print(f"{score:.4f}\t{entry.path}")
         if not hits:
             print(f"no similar images in {collection.location} (--top-k {top})")
     return 0
@@ -309,9 +354,13 @@ def run_dupes(
     threshold: float,
     as_json: bool,
     decisions_file: Path | None = None,
+    paths_end: str | None = None,
 ) -> int:
     collection, _, groups = find_dupes(settings, location, threshold, decisions_file)
     rows = collection.rows
+    if paths_end is not None:
+        _print_paths([rows[m].path for g in groups for m in g.members if m != g.keep], paths_end)
+        return 0
     if as_json:
         doc = {
             "collection": collection.location,
@@ -323,12 +372,12 @@ def run_dupes(
         return 0
     exact = sum(1 for g in groups if g.kind == "exact")
     print(
-        f"{len(collection)} images: {exact} groups of identical files, "
-        f"{len(groups) - exact} groups of similar images (cosine >= {threshold})"
+        f"{plural(len(collection), 'image')}: {plural(exact, 'group')} of identical files, "
+        f"{plural(len(groups) - exact, 'group')} of similar images (cosine >= {threshold})"
     )
     for number, group in enumerate(groups, 1):
         print(
-            f"group {number}: {len(group.members)} images, {group.kind}, "
+            f"group {number}: {plural(len(group.members), 'image')}, {group.kind}, "
             f"cosine {group.min_score:.4f}-{group.max_score:.4f}"
         )
         for member in group.members:
@@ -412,11 +461,11 @@ def run_cluster(settings: Settings, location: str, options: ClusterOptions, as_j
         output.print_json(doc)
         return 0
     print(
-        f"{len(collection)} images: {len(result.clusters)} clusters ({result.method}), "
-        f"{len(result.unclustered)} unclustered"
+        f"{plural(len(collection), 'image')}: {plural(len(result.clusters), 'cluster')} "
+        f"({result.method}), {len(result.unclustered)} unclustered"
     )
     for c in result.clusters:
-        print(f"cluster {c.id}: {len(c.members)} images, cohesion {c.cohesion:.4f}")
+        print(f"cluster {c.id}: {plural(len(c.members), 'image')}, cohesion {c.cohesion:.4f}")
         for member in c.members:
             print(f"  {rows[member].path}")
     if result.unclustered:
@@ -463,12 +512,20 @@ def _model_json(model: ModelInfo | None) -> dict[str, Any] | None:
     return model.model_dump() if model else None
 
 
-def run_export(settings: Settings, location: str, fmt: str, out: Path) -> int:
+def run_export(
+    settings: Settings, location: str, fmt: str, out: Path, *, force: bool = False
+) -> int:
     wiring.check_output(out, "--out")
     if fmt == "npy":
-        from dinoembed.collections.export import index_path
+        from dinoembed.collections.export import index_path, is_export_index
 
-        wiring.check_output(index_path(out), "--out (its .json index)")
+        index = index_path(out)
+        wiring.check_output(index, "--out (its .json index)")
+        if index.exists() and not force and not is_export_index(index):
+            raise ConfigError(
+                f"--out {out}: its index {index} exists and is no dinoembed export index; "
+                "name another --out, or add --force to replace it"
+            )
     collection = open_collection(location, settings)
     written = export(collection, "parquet" if fmt == "parquet" else "npy", out)
     summary = {

@@ -50,11 +50,12 @@ def is_s3(location: str) -> bool:
     return location.startswith("s3://")
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client (endpoint and region from the standard AWS variables)."""
+def s3_client(threads: int = 1) -> Any:
+    """A boto3 S3 client (endpoint and region from the standard AWS variables), its
+    connection pool large enough for the adapter's readers and ``threads`` more users."""
     with needs_extra("s3:// locations"):
         from dinoembed.handler.s3io import make_client
-    return make_client()
+    return make_client(threads)
 
 
 def model_store(settings: Settings, client: Any | None = None) -> ModelStore:

@@ -14,8 +14,13 @@ scikit-learn (the optional ``cluster`` extra) doing the clustering.
   cluster with the nearest centroid (cosine, full dimensions) when it is at least as
   close as the cluster's loosest sampled member (measured leave-one-out, so that a
   member's own weight in the centroid does not flatter it), else it is unclustered.
-  Finally, members far below their cluster's typical closeness to its centre are
-  moved to ``unclustered`` (HDBSCAN lets a few stray rows into a neighbouring cluster).
+  Then members far below their cluster's typical closeness to its centre are moved to
+  ``unclustered`` (HDBSCAN lets a few stray rows into a neighbouring cluster). Last, an
+  unclustered row that is *clearly* nearer one cluster than any other joins it
+  (:func:`_adopt`): HDBSCAN leaves out a member that is less alike than the rest of its
+  family (a crop, a heavy re-encode) although it belongs nowhere else. Clearly: its
+  cosine to that cluster's centroid is at least :data:`ADOPT_FLOOR` and at least
+  :data:`ADOPT_RATIO` times its cosine to any other cluster's centroid.
   Memory stays O(n x d) plus blocks.
 
 Both are deterministic for a given matrix: fixed seeds, a fixed sample, and clusters
@@ -43,6 +48,8 @@ MIN_SIZE = 3
 FULL_KMEANS_MAX = 20_000
 BLOCK = 16_384
 OUTLIER_MARGIN = 0.1
+ADOPT_FLOOR = 0.3
+ADOPT_RATIO = 2.0
 NOISE = -1
 
 
@@ -120,7 +127,31 @@ def density(
     if n > sample:
         rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
         labels[rest] = _assign(matrix, rows, sampled, rest)
-    return _finish(matrix, _expel_outliers(matrix, labels, min_size), "hdbscan")
+    return _finish(matrix, _adopt(matrix, _expel_outliers(matrix, labels, min_size)), "hdbscan")
+
+
+def _adopt(matrix: Matrix, labels: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Unclustered rows clearly nearer one cluster than any other join it (module
+    docstring); a row near two clusters, or near none, stays unclustered."""
+    found = sorted(set(labels.tolist()) - {NOISE})
+    noise = np.flatnonzero(labels == NOISE)
+    out = labels.copy()
+    if not found or not len(noise):
+        return out
+    centroids = normalize_rows(
+        np.stack([matrix[labels == c].sum(axis=0, dtype=np.float64) for c in found])
+    ).astype(np.float32)
+    names = np.array(found, dtype=np.int64)
+    for start in range(0, len(noise), BLOCK):
+        block = noise[start : start + BLOCK]
+        scores = matrix[block] @ centroids.T
+        best = scores.argmax(axis=1)
+        own = scores[np.arange(len(block)), best]
+        scores[np.arange(len(block)), best] = -np.inf
+        other = scores.max(axis=1) if len(found) > 1 else np.zeros(len(block), np.float32)
+        clear = (own >= ADOPT_FLOOR) & (own >= ADOPT_RATIO * np.maximum(other, 0.0))
+        out[block[clear]] = names[best[clear]]
+    return out
 
 
 def _assign(

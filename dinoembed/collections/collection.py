@@ -31,7 +31,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, overload, runtime_checkable
@@ -50,7 +50,9 @@ from dinoembed.results.sidecars import image_name, same_space
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = 3  # 3: entries as JSON lines beside index.json, the matrix memory-mapped
+# 2: entries carry size, sha256, width, height; 3: entries as JSON lines beside index.json,
+# the matrix memory-mapped; 4: entries carry the image's mtime too
+INDEX_FORMAT = 4
 NOT_A_ROW = -1
 # A folder modified this close to (or after) the start of the listing that recorded it
 # may have changed while it was listed (file timestamps are coarse): it is not trusted.
@@ -207,6 +209,7 @@ class Entry:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+    mtime: float | None = None  # the image's, as its sidecar recorded it (local files only)
 
     @property
     def pixels(self) -> int | None:
@@ -309,6 +312,7 @@ def _parse(name: str, stamp: str, data: bytes, guard: _ModelGuard, fresh: _Fresh
         sha256=src.sha256,
         width=src.width,
         height=src.height,
+        mtime=src.mtime,
     )
     if result.ok and result.embedding is not None:
         guard.check(result.model, name)
@@ -463,9 +467,7 @@ class EntryLines(Sequence[Entry]):
 
 
 def _entry_line(entry: Entry) -> bytes:
-    fields = [entry.sidecar, entry.stamp, entry.path, entry.etag, entry.row]
-    fields += [entry.size, entry.sha256, entry.width, entry.height]
-    return json.dumps(fields).encode() + b"\n"
+    return json.dumps(astuple(entry)).encode() + b"\n"  # the fields, in order
 
 
 class CollectionCache:

@@ -7,7 +7,8 @@
 - **similar**: connected components of the graph of pairs with cosine >= the
   threshold, where each exact group takes part through its keep only (its other
   members are already accounted for as identical copies).
-- **keep**: most pixels, then the largest file, then the first path by name;
+- **keep**: the likely original: most pixels, then the oldest file, then a lossless
+  format, then the largest file, then the first path by name (:func:`choose_keep`);
   ``keep_reason`` says which rule decided.
 - **decisions** (:class:`Decisions`): pairs a person marked "not duplicates" are
   never in the same group. Edges are joined strongest first (Kruskal's order) and
@@ -23,6 +24,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import combinations
 from pathlib import Path
 from typing import Literal
@@ -67,6 +69,12 @@ class Decisions:
             raise ConfigError(f"{path}: no such decisions file") from err
         except (OSError, ValueError) as err:
             raise ConfigError(f"{path}: not a JSON decisions file ({err})") from err
+        unknown = sorted(set(doc) - {"not_duplicates"}) if isinstance(doc, dict) else []
+        if unknown:  # a misspelt key would silently decide nothing
+            raise ConfigError(
+                f"{path}: unknown key {', '.join(map(repr, unknown))} "
+                '(the only key is "not_duplicates")'
+            )
         lists = doc.get("not_duplicates", []) if isinstance(doc, dict) else None
         if not isinstance(lists, list) or not all(
             isinstance(item, list) and all(isinstance(p, str) for p in item) for item in lists
@@ -186,23 +194,47 @@ def _exact_groups(
     return groups
 
 
+# File name endings of lossless formats: a lossless copy holds every pixel it was given.
+LOSSLESS = {"png": "PNG", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP"}
+
+
+def _lossless(entry: Entry) -> str | None:
+    return LOSSLESS.get(entry.path.rsplit(".", 1)[-1].lower()) if "." in entry.path else None
+
+
 def choose_keep(entries: Sequence[Entry]) -> tuple[int, str]:
-    """Index of the entry to keep (most pixels, then largest file, then first by name), and
-    the reason in a few words."""
-    order = sorted(
-        range(len(entries)),
-        key=lambda i: (-(entries[i].pixels or 0), -(entries[i].size or 0), entries[i].path),
-    )
+    """Index of the entry to keep, the one most likely the original, and why in words.
+
+    The rule, in order: the most pixels (a smaller copy lost detail); then the oldest file
+    (a re-encode, a converted or flattened copy is made after its original; known for
+    local files, whose sidecars record the mtime); then a lossless format (PNG, TIFF,
+    BMP) over a lossy one; then the largest file; then the first path by name.
+    """
+
+    def rank(i: int) -> tuple[float, float, int, int, str]:
+        e = entries[i]
+        age = e.mtime if e.mtime is not None else float("inf")
+        return (-(e.pixels or 0), age, 0 if _lossless(e) else 1, -(e.size or 0), e.path)
+
+    order = sorted(range(len(entries)), key=rank)
     best, runner = entries[order[0]], entries[order[1]] if len(order) > 1 else None
     dims = f"{best.width}x{best.height}" if best.pixels else None
     if runner is None:
         return order[0], "only image"
     if best.pixels and best.pixels != runner.pixels:
         return order[0], f"most pixels ({dims})"
-    same = f"same pixels ({dims})" if dims else "pixels unknown"
+    same = f"same pixel size ({dims})" if dims else "pixel size unknown"
+    identical = bool(best.sha256) and best.sha256 == runner.sha256
+    if best.mtime is not None and best.mtime != runner.mtime:
+        day = datetime.fromtimestamp(best.mtime, tz=UTC).strftime("%Y-%m-%d %H:%M")
+        if identical:
+            return order[0], f"identical files: the oldest ({day} UTC)"
+        return order[0], f"{same}, oldest file ({day} UTC)"
+    if _lossless(best) and not _lossless(runner):
+        return order[0], f"{same}, lossless format ({_lossless(best)})"
     if best.size and best.size != runner.size:
         return order[0], f"{same}, largest file ({human_size(best.size)})"
-    if best.sha256 and best.sha256 == runner.sha256:
+    if identical:
         return order[0], "identical files: first by name"
     return order[0], f"{same}, same file size: first by name"
 

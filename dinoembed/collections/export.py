@@ -37,6 +37,16 @@ def index_path(out: Path) -> Path:
     return out.with_suffix(".json")
 
 
+def is_export_index(path: Path) -> bool:
+    """Is the file at ``path`` an index an earlier ``export --format npy`` wrote (which a
+    new export of the same ``.npy`` may replace)?"""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"paths", "etags", "dim", "count"} <= doc.keys()
+
+
 def write_npy(collection: Collection, out: Path) -> list[Path]:
     """The matrix as ``out`` and its row index as JSON beside it; returns both paths."""
     buf = io.BytesIO()

@@ -1,4 +1,5 @@
-"""One self-contained HTML page of a collection's duplicate groups and clusters.
+"""One self-contained HTML page of a collection: its duplicate groups, its clusters, the
+images in no cluster and the files that failed to embed, so every image is on the page.
 
 Everything is inline: CSS in a ``<style>``, thumbnails as ``data:image/jpeg`` URIs
 (at most :data:`THUMB` px on the long side, JPEG quality 70: ~3-8 KB each), no
@@ -6,8 +7,10 @@ script, no link to anything outside the file. The page is written as it goes, in
 chunks of :data:`CHUNK` tiles whose thumbnails are made on a small thread pool, to a
 temp file renamed into place at the end: neither the page nor its thumbnails are ever
 all in memory. Large clusters show their :data:`CLUSTER_TILES` most central images
-and list the rest by name. Images that are gone or cannot be decoded get a labelled
-placeholder tile. Paths are untrusted: every one goes through :func:`html.escape`.
+and list the rest by name, as do the unclustered and failed sections. Images that are
+gone or cannot be decoded get a labelled placeholder tile. Text wraps between words
+(a file name too long for its tile breaks where it must). Paths are untrusted: every
+one goes through :func:`html.escape`.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from pathlib import Path
 from typing import TextIO
 
 from dinoembed.collections.clustering import Clustering
-from dinoembed.collections.collection import Collection, Entry, SidecarSource
+from dinoembed.collections.collection import NOT_A_ROW, Collection, Entry, SidecarSource
 from dinoembed.collections.dupes import DupeGroup, human_size
 from dinoembed.common.atomic import atomic_path
 from dinoembed.common.progress import Progress
+from dinoembed.common.words import plural
 from dinoembed.errors import DinoEmbedError, ImageError
 from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode
 
@@ -54,7 +58,7 @@ figure.tile img, .ph {{ display: block; margin: 0 auto; }}
 .ph {{ width: {THUMB}px; height: {THUMB * 3 // 4}px; background: #e0e0e0; color: #666;
   display: flex; align-items: center; justify-content: center; text-align: center; }}
 figure.keep {{ background: {KEEP_COLOUR}; border: 4px solid {KEEP_COLOUR}; padding: 4px; }}
-figcaption {{ font-size: 11px; word-break: break-all; margin-top: 4px; }}
+figcaption {{ font-size: 11px; overflow-wrap: break-word; margin-top: 4px; }}
 .why {{ font-weight: 600; }} details {{ font-size: 12px; color: #444; margin-top: 6px; }}
 """
 
@@ -100,7 +104,8 @@ def write_report(
     stderr: TextIO | None = None,
 ) -> ReportSummary:
     rows = collection.rows
-    sections = list(_plan(rows, groups, clusters))
+    failed = [e for e in collection.entries if e.row == NOT_A_ROW and e.path]
+    sections = list(_plan(rows, groups, clusters, failed))
     total = sum(len(tiles) for _, tiles, _ in sections)
     counts = [0, 0]
     with (
@@ -143,16 +148,20 @@ def _safe(thumbnail: Thumbnailer) -> Callable[[_Tile], _Made]:
 
 
 def _plan(
-    rows: Sequence[Entry], groups: Sequence[DupeGroup], clusters: Clustering
+    rows: Sequence[Entry],
+    groups: Sequence[DupeGroup],
+    clusters: Clustering,
+    failed: Sequence[Entry] = (),
 ) -> Iterator[tuple[str, list[_Tile], str]]:
-    """(opening HTML, tiles, closing HTML) for each group and cluster, in page order."""
-    yield f'<h2 id="dupes">Duplicates: {len(groups)} groups</h2>\n', [], ""
+    """(opening HTML, tiles, closing HTML) for each group, cluster, the unclustered images
+    and the failed files, in page order."""
+    yield f'<h2 id="dupes">Duplicates: {plural(len(groups), "group")}</h2>\n', [], ""
     if not groups:
         yield '<p class="note">No duplicate groups at this threshold.</p>\n', [], ""
     for number, group in enumerate(groups, 1):
         head = (
             f'<section class="group dupes"><div class="head"><span class="kind">{group.kind}'
-            f"</span> group {number}: {len(group.members)} images, cosine "
+            f"</span> group {number}: {plural(len(group.members), 'image')}, cosine "
             f'{group.min_score:.4f}-{group.max_score:.4f}</div><div class="grid">\n'
         )
         ordered = [group.keep, *(m for m in group.members if m != group.keep)]
@@ -166,20 +175,50 @@ def _plan(
         )
         yield head, tiles, tail
     yield (
-        f'<h2 id="clusters">Clusters: {len(clusters.clusters)} '
-        f"({clusters.method}), {len(clusters.unclustered)} images unclustered</h2>\n",
+        f'<h2 id="clusters">Clusters: {len(clusters.clusters)} ({clusters.method}), '
+        f"{plural(len(clusters.unclustered), 'image')} unclustered</h2>\n",
         [],
         "",
     )
     for cluster in clusters.clusters:
         head = (
             f'<section class="group cluster"><div class="head">cluster {cluster.id}: '
-            f"{len(cluster.members)} images, mean cosine to centre {cluster.cohesion:.3f}"
+            f"{plural(len(cluster.members), 'image')}, mean cosine to centre "
+            f"{cluster.cohesion:.3f}"
             '</div><div class="grid">\n'
         )
         members = sorted(cluster.members, key=lambda m: m != cluster.representative)
         tiles = [_Tile(rows[m]) for m in members[:CLUSTER_TILES]]
         yield head, tiles, "</div>" + _more(members[CLUSTER_TILES:], rows) + "</section>\n"
+    if clusters.unclustered:
+        yield _rest_section(
+            "unclustered",
+            f"Unclustered: {plural(len(clusters.unclustered), 'image')} in no cluster",
+            [rows[m] for m in clusters.unclustered],
+        )
+    if failed:
+        yield _rest_section(
+            "failed",
+            f"Failed: {plural(len(failed), 'file')} without an embedding (error sidecars)",
+            list(failed),
+        )
+
+
+def _rest_section(
+    anchor: str, title: str, entries: Sequence[Entry]
+) -> tuple[str, list[_Tile], str]:
+    """A heading and the first :data:`CLUSTER_TILES` tiles; the rest listed by name."""
+    head = (
+        f'<h2 id="{anchor}">{html.escape(title)}</h2>\n'
+        f'<section class="group {anchor}"><div class="grid">\n'
+    )
+    tiles = [_Tile(e) for e in entries[:CLUSTER_TILES]]
+    rest = entries[CLUSTER_TILES:]
+    more = ""
+    if rest:
+        items = "".join(f"<li>{html.escape(e.path)}</li>" for e in rest)
+        more = f"<details><summary>{len(rest)} more</summary><ul>{items}</ul></details>"
+    return head, tiles, "</div>" + more + "</section>\n"
 
 
 def _more(rest: Sequence[int], rows: Sequence[Entry]) -> str:
@@ -233,8 +272,9 @@ def _head(
         f"<title>dinoembed report: {html.escape(collection.location)}</title>"
         f"<style>{CSS}</style></head><body>\n"
         f"<h1>{html.escape(collection.location)}</h1>\n"
-        f'<p class="note">{len(collection)} images · {len(groups)} duplicate groups '
-        f"(cosine &ge; {threshold}) · {len(clusters.clusters)} clusters · model "
+        f'<p class="note">{plural(len(collection), "image")} · '
+        f"{plural(len(groups), 'duplicate group')} (cosine &ge; {threshold}) · "
+        f"{plural(len(clusters.clusters), 'cluster')} · model "
         f"{html.escape(model.name if model else '?')}. The highlighted tile of each group "
         "is the suggested keep.</p>\n"
     )

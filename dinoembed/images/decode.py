@@ -26,6 +26,7 @@ from dinoembed.errors import (
     NotAnImageError,
     UnsupportedFormatError,
 )
+from dinoembed.images.libtiff import route_libtiff_messages
 from dinoembed.images.transforms import min_decode_size
 
 log = logging.getLogger(__name__)
@@ -115,19 +116,19 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def probe_format(fh: BinaryIO, head: bytes) -> str | None:
+def probe_format(data: bytes) -> str | None:
     """Name a real image in a format outside the allowlist from its header, without
-    decoding it (``Image.open`` is lazy), with the safe plugins of ``_PROBE_FORMATS``."""
-    fh.seek(0)
+    decoding it (``Image.open`` is lazy), with the safe plugins of ``_PROBE_FORMATS``.
+
+    It reads a stream of its own: some plugins close the stream they were given when
+    the image is closed (FTEX does), which must not end the caller's."""
     try:
-        with Image.open(fh, formats=_PROBE_FORMATS) as img:
+        with Image.open(io.BytesIO(data), formats=_PROBE_FORMATS) as img:
             name = img.format
     except Exception:  # whatever a plugin raises, the file is not identified
         return None
-    finally:
-        fh.seek(0)
     if name == "PPM":
-        return _NETPBM.get(head[:2], "PPM")
+        return _NETPBM.get(data[:2], "PPM")
     return name
 
 
@@ -230,6 +231,7 @@ def _from_pil(img: Image.Image, limits: DecodeLimits) -> Decoded:
 def _decode_stream(
     fh: BinaryIO, limits: DecodeLimits, target: DecodeTarget | None
 ) -> tuple[Image.Image, tuple[int, int]]:
+    route_libtiff_messages()  # once: libtiff's C messages become log records
     head = fh.read(512)
     fh.seek(0)
     img = _open(fh, head, limits)
@@ -248,14 +250,16 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
     try:
         img = Image.open(fh, formats=allowed_formats())
     except UnidentifiedImageError as err:
-        name = sniff_format(head) or probe_format(fh, head)
+        name = sniff_format(head) or probe_format(_all_bytes(fh))
         if name is not None:
             raise UnsupportedFormatError(f"unsupported format: {name}") from err
         raise NotAnImageError("not an image: the data is not a recognised image format") from err
     except Image.DecompressionBombError as err:
-        raise _bomb_error(err, limits) from err
+        raise _bomb_error(err, limits, fh) from err
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
         raise CorruptImageError(f"corrupt image header: {_one_line(err)}") from err
+    except Exception as err:  # a plugin's own failure (struct.error, KeyError, ...): the data's
+        raise CorruptImageError(f"corrupt image header: {_described(err)}") from err
     width, height = img.size
     if width * height > limits.max_pixels:
         img.close()
@@ -268,14 +272,39 @@ def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
     return img
 
 
-def _bomb_error(err: Image.DecompressionBombError, limits: DecodeLimits) -> ImageTooLargeError:
+def _bomb_error(
+    err: Image.DecompressionBombError, limits: DecodeLimits, fh: BinaryIO | None = None
+) -> ImageTooLargeError:
     """Pillow refuses > 2x its MAX_IMAGE_PIXELS inside ``Image.open``, before we see the size;
-    its message carries the pixel count, which we restate in our own words."""
+    the header is then read again without that check, so the message has the one form
+    ``image too large: WxH exceeds N pixels`` whoever refused the image."""
+    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # Pillow's own, when it is the lower
+    limit = min(limits.max_pixels, pillow_limit) if pillow_limit else limits.max_pixels
+    size = _header_size_unchecked(fh) if fh is not None else None
+    if size is not None:
+        return ImageTooLargeError(f"image too large: {size[0]}x{size[1]} exceeds {limit} pixels")
     found = re.search(r"\((\d+) pixels\)", str(err))
     pixels = f"{found.group(1)} pixels" if found else "the pixel count"
-    pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-    limit = min(limits.max_pixels, pillow_limit) if pillow_limit else limits.max_pixels
     return ImageTooLargeError(f"image too large: {pixels} exceeds {limit} pixels")
+
+
+def _header_size_unchecked(fh: BinaryIO) -> tuple[int, int] | None:
+    """The size in the header, read by the allowlisted plugins themselves: ``Image.open``
+    would raise the bomb error again. Parsing a header decodes no pixels."""
+    fh.seek(0)
+    prefix = fh.read(16)
+    for name in allowed_formats():
+        factory, accept = Image.OPEN.get(name, (None, None))
+        if factory is None or (accept is not None and not accept(prefix)):
+            continue
+        fh.seek(0)
+        try:
+            img = factory(fh, "")
+        except Exception:  # not this format after all: try the next
+            continue
+        width, height = img.size
+        return width, height
+    return None
 
 
 def _load(img: Image.Image, limits: DecodeLimits) -> None:
@@ -290,6 +319,8 @@ def _load(img: Image.Image, limits: DecodeLimits) -> None:
         raise CorruptImageError(f"corrupt {img.format} image: {_one_line(err)}") from err
     except (SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as err:
         raise CorruptImageError(f"corrupt {img.format} image: {_one_line(err)}") from err
+    except Exception as err:  # a decoder's own failure (struct.error, KeyError, ...): the data's
+        raise CorruptImageError(f"corrupt {img.format} image: {_described(err)}") from err
 
 
 def _orient(img: Image.Image) -> Image.Image:
@@ -319,6 +350,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _all_bytes(fh: BinaryIO) -> bytes:
+    """The whole of the (in-memory) stream being decoded."""
+    if isinstance(fh, io.BytesIO):
+        return fh.getvalue()
+    fh.seek(0)
+    return fh.read()
+
+
+def _described(err: BaseException) -> str:
+    """An unexpected exception of a Pillow plugin, in one line that names its kind."""
+    text = _one_line(err)
+    kind = type(err).__name__
+    return text if text == kind else f"{kind}: {text}"[:200]
 
 
 def _one_line(err: BaseException) -> str:

@@ -79,6 +79,9 @@ class Coverage:
     error_reasons: Mapping[str, int]
     # the images the next backfill would embed (missing or stale), sorted; not in the JSON
     todo: tuple[str, ...] = ()
+    # the images of each kind ("missing", "stale", "errors"), sorted, as full paths or
+    # s3:// URIs (`status --list KIND`)
+    files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -110,12 +113,25 @@ def error_reason(message: str | None) -> str:
     return head[:MAX_REASON] or UNKNOWN_REASON
 
 
+LISTABLE = ("missing", "stale", "errors")
+
+
+def located(location: str, name: str) -> str:
+    """A listing's name as a person uses it: the file's path under the folder, or the
+    object's ``s3://bucket/key`` (S3 names are whole keys)."""
+    if location.startswith("s3://"):
+        bucket = location[len("s3://") :].split("/", 1)[0]
+        return f"s3://{bucket}/{name}"
+    return str(Path(location) / name)
+
+
 def assess(listing: Listing, recipe: Recipe, suffix: str) -> Coverage:
     """Count ``listing`` under the currency rule (see the module docstring)."""
     verdicts: Counter[Verdict] = Counter()
     current = 0
     reasons: Counter[str] = Counter()
     todo: list[str] = []
+    files: dict[str, list[str]] = {kind: [] for kind in LISTABLE}
     for name, source in listing.images.items():
         sidecar = sidecar_name(name, suffix)
         existing = listing.sidecars.get(sidecar)
@@ -126,8 +142,10 @@ def assess(listing: Listing, recipe: Recipe, suffix: str) -> Coverage:
                 current += 1
             else:
                 reasons[error_reason(existing.error)] += 1
+                files["errors"].append(name)
         elif verdict.needs_writing:
             todo.append(name)
+            files[verdict.value].append(name)
     orphaned = 0
     for sidecar in listing.sidecars:
         image = image_name(sidecar, suffix)
@@ -144,6 +162,10 @@ def assess(listing: Listing, recipe: Recipe, suffix: str) -> Coverage:
         orphaned=orphaned,
         error_reasons=dict(reasons.most_common()),
         todo=tuple(sorted(todo)),
+        files={
+            kind: tuple(located(listing.location, n) for n in sorted(names))
+            for kind, names in files.items()
+        },
     )
 
 
