@@ -59,11 +59,21 @@ class IndexNotFoundError(VectorIndexError):
 
 
 def parse_index_uri(uri: str) -> tuple[str, str]:
-    """``s3vectors://VECTOR_BUCKET/INDEX`` -> (vector bucket, index)."""
-    rest = uri[len(SCHEME) :] if uri.startswith(SCHEME) else None
+    """``s3vectors://VECTOR_BUCKET/INDEX``, or the index's ARN
+    (``arn:aws:s3vectors:REGION:ACCOUNT:bucket/VECTOR_BUCKET/index/INDEX``, what the
+    template passes) -> (vector bucket, index)."""
+    if uri.startswith("arn:"):
+        parts = uri.split(":", 5)[-1].split("/")
+        if len(parts) == 4 and parts[0] == "bucket" and parts[2] == "index" and all(parts):
+            return parts[1], parts[3]
+        rest = None
+    else:
+        rest = uri[len(SCHEME) :] if uri.startswith(SCHEME) else None
     bucket, _, index = (rest or "").partition("/")
     if not bucket or not index or "/" in index:
-        raise VectorIndexError(f"{uri!r}: expected s3vectors://VECTOR_BUCKET/INDEX")
+        raise VectorIndexError(
+            f"{uri!r}: expected s3vectors://VECTOR_BUCKET/INDEX (or the index's ARN)"
+        )
     return bucket, index
 
 

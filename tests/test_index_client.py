@@ -237,6 +237,8 @@ def test_neighbours_of_reads_the_metadata(index: S3VectorsIndex) -> None:
         ("s3vectors://vb", False),
         ("s3://vb/idx", False),
         ("s3vectors://vb/a/b", False),
+        ("arn:aws:s3vectors:us-east-1:123456789012:bucket/vb/index/idx", True),
+        ("arn:aws:s3vectors:us-east-1:123456789012:bucket/vb", False),
     ],
 )
 def test_parse_index_uri(uri: str, ok: bool) -> None:
