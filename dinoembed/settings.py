@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # the vector index (SPEC section 10): s3vectors://VECTOR_BUCKET/INDEX or the index's ARN
     # (arn:aws:s3vectors:REGION:ACCOUNT:bucket/VECTOR_BUCKET/index/INDEX); None = none
     vector_index: str | None = None
+    # where to look for the index named for the recipe when vector_index is not set
+    vector_bucket: str | None = None
     dupes_threshold: float = Field(default=0.95, ge=-1.0, le=1.0)
     # watcher
     polling: bool = False
@@ -94,6 +96,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://", "s3://")):
             raise ValueError("must start with http://, https:// or s3://")
         return value
+
+    @field_validator("vector_bucket")
+    @classmethod
+    def _bucket_or_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
 
     @field_validator("vector_index")
     @classmethod

@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(status)
     add_suffix_option(status)
     add_filter_options(status)
+    from dinoembed.cli.index import add_index_command, add_index_option
+
+    index_sync = add_index_command(sub)
+    add_suffix_option(index_sync)
+    for name in ("similar", "dupes"):  # answered through the index for an s3:// location
+        add_index_option(sub.choices[name])
     completion = sub.add_parser(
         "completion",
         argument_default=argparse.SUPPRESS,
@@ -379,6 +385,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from dinoembed.cli.status import run_status
 
         return run_status(settings, args.location, as_json=getattr(args, "json", False))
+    if args.command == "index":
+        from dinoembed.cli.index import run_index
+
+        return run_index(args, settings)
     from dinoembed.cli.use import run_use
 
     return run_use(args, settings)

@@ -207,6 +207,13 @@ def run_similar(
         raise ConfigError(f"--top-k {top}: must be 0 or more")
     if not wiring.is_s3(query) and not Path(query).is_file():
         raise ConfigError(f"{query}: no such image or sidecar file")
+    index = wiring.open_s3_index(location, settings)
+    if index is not None:  # the bucket's vector index answers (SPEC section 10)
+        from dinoembed.cli.use_index import similar_via_index
+
+        return similar_via_index(
+            settings, index, query, location, top=top, min_score=min_score, as_json=as_json
+        )
     collection = open_collection(location, settings)
     vector, query_path = query_vector(query, collection, settings)
     idx, scores = top_k(collection.matrix, vector, top + 1)
@@ -308,20 +315,36 @@ def run_dupes(
     as_json: bool,
     decisions_file: Path | None = None,
 ) -> int:
-    collection, _, groups = find_dupes(settings, location, threshold, decisions_file)
-    rows = collection.rows
+    index = wiring.open_s3_index(location, settings)
+    if index is not None and threshold >= settings.dupes_threshold:
+        from dinoembed.cli.use_index import dupes_via_index  # the recorded neighbours
+
+        decisions = Decisions.load(decisions_file) if decisions_file else Decisions()
+        rows, groups = dupes_via_index(index, location, threshold, decisions)
+        images = len(rows)
+    else:
+        if index is not None:
+            log.info(
+                "%s: neighbours are recorded at cosine >= %s; --threshold %s reads every "
+                "sidecar instead",
+                index.name,
+                settings.dupes_threshold,
+                threshold,
+            )
+        collection, _, groups = find_dupes(settings, location, threshold, decisions_file)
+        rows, images, location = collection.rows, len(collection), collection.location
     if as_json:
         doc = {
-            "collection": collection.location,
+            "collection": location,
             "threshold": threshold,
-            "images": len(collection),
+            "images": images,
             "groups": [_group_json(g, rows) for g in groups],
         }
         output.print_json(doc)
         return 0
     exact = sum(1 for g in groups if g.kind == "exact")
     print(
-        f"{len(collection)} images: {exact} groups of identical files, "
+        f"{images} images: {exact} groups of identical files, "
         f"{len(groups) - exact} groups of similar images (cosine >= {threshold})"
     )
     for number, group in enumerate(groups, 1):

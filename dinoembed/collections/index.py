@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from dinoembed.collections.collection import Entry
-from dinoembed.collections.dupes import DupeGroup, group_duplicates
+from dinoembed.collections.dupes import Decisions, DupeGroup, group_duplicates
 from dinoembed.collections.similarity import Pairs
 from dinoembed.errors import PermanentError
 from dinoembed.results.schema import EmbeddingResult, Neighbour
@@ -277,7 +277,11 @@ def entry_of(listed: Listed, path: str, row: int) -> Entry:
 
 
 def index_duplicates(
-    listing: Iterable[Listed], threshold: float, *, path_of: Any = None
+    listing: Iterable[Listed],
+    threshold: float,
+    *,
+    path_of: Callable[[str], str] | None = None,
+    decisions: Decisions | None = None,
 ) -> tuple[list[Entry], list[DupeGroup]]:
     """Duplicate groups of the images in ``listing``: the recorded neighbour pairs at or
     above ``threshold`` whose images are both still listed, plus the exact tier; grouped by
@@ -286,8 +290,8 @@ def index_duplicates(
     ``path_of`` maps a key to the path shown (default: the key). Entries come back sorted
     by path, so row numbers match an all-pairs run over the same images.
     """
-    items = sorted(listing, key=lambda item: item.key)
     show = path_of or (lambda key: key)
+    items = sorted(listing, key=lambda item: show(item.key))
     row_of = {item.key: row for row, item in enumerate(items)}
     entries = [entry_of(item, show(item.key), row) for row, item in enumerate(items)]
     best: dict[tuple[int, int], float] = {}
@@ -305,4 +309,4 @@ def index_duplicates(
         right=np.array([p[1] for p, _ in ordered], dtype=np.int64),
         score=np.array([s for _, s in ordered], dtype=np.float32),
     )
-    return entries, group_duplicates(entries, pairs, threshold)
+    return entries, group_duplicates(entries, pairs, threshold, decisions or Decisions())
