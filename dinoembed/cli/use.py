@@ -320,8 +320,8 @@ def run_dupes(
         from dinoembed.cli.use_index import dupes_via_index  # the recorded neighbours
 
         decisions = Decisions.load(decisions_file) if decisions_file else Decisions()
-        rows, groups = dupes_via_index(index, location, threshold, decisions)
-        images = len(rows)
+        found = dupes_via_index(index, location, threshold, decisions)
+        rows, groups, images = found.rows, found.groups, found.images
     else:
         if index is not None:
             log.info(

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dinoembed.cli import output, wiring
-from dinoembed.collections.collection import Entry, MixedModelsError
-from dinoembed.collections.dupes import Decisions, DupeGroup
-from dinoembed.collections.index import MAX_TOP_K, index_duplicates, index_name
+from dinoembed.collections.collection import MixedModelsError
+from dinoembed.collections.dupes import Decisions
+from dinoembed.collections.index import MAX_TOP_K, IndexDupes, index_duplicates, index_name
 from dinoembed.errors import ConfigError, ImageError
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import Recipe
@@ -120,12 +120,12 @@ def _query_result(query: str, settings: Settings) -> EmbeddingResult:
 
 def dupes_via_index(
     index: S3VectorsIndex, location: str, threshold: float, decisions: Decisions
-) -> tuple[list[Entry], list[DupeGroup]]:
-    """The images under ``location`` (rows) and their duplicate groups, from the listing."""
+) -> IndexDupes:
+    """The duplicate groups of the images under ``location``, from the index's listing."""
     from dinoembed.handler.collection_s3 import parse_s3_uri
 
     bucket, prefix = parse_s3_uri(location)
-    listing = [item for item in index.listing(metadata=True) if item.key.startswith(prefix)]
+    listing = (item for item in index.listing(metadata=True) if item.key.startswith(prefix))
     return index_duplicates(
         listing, threshold, path_of=lambda key: f"s3://{bucket}/{key}", decisions=decisions
     )

@@ -253,27 +253,42 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def entry_of(listed: Listed, path: str, row: int) -> Entry:
-    """The facts ``dupes`` needs of one image, from its vector's metadata.
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    etag: str | None
+    identity: str | None
+    size: int | None
+    width: int | None
+    height: int | None
 
-    The exact tier's identity: ``source.sha256`` when recorded, else a single-part ETag
-    (an MD5 of the bytes; a multipart ETag ``…-N`` identifies no content)."""
+
+def _facts(listed: Listed) -> _Facts:
+    """What ``dupes`` needs of one image, from its vector's metadata. The exact tier's
+    identity: ``source.sha256`` when recorded, else a single-part ETag (an MD5 of the
+    bytes; a multipart ETag ``…-N`` identifies no content)."""
     md = listed.metadata
     sha = md.get("sha256")
     etag = listed.etag
     if not sha and etag and "-" not in etag:
         sha = f"etag:{etag.strip(chr(34))}"
-    return Entry(
-        sidecar=listed.key,
-        stamp=etag or "",
-        path=path,
-        etag=etag,
-        row=row,
-        size=_int(md.get("size")),
-        sha256=str(sha) if sha else None,
-        width=_int(md.get("width")),
-        height=_int(md.get("height")),
+    return _Facts(
+        etag,
+        str(sha) if sha else None,
+        _int(md.get("size")),
+        _int(md.get("width")),
+        _int(md.get("height")),
     )
+
+
+@dataclass(frozen=True)
+class IndexDupes:
+    """Duplicate groups from an index listing. ``rows`` holds only the images that are in a
+    recorded pair or share an identity (the others cannot be in a group), sorted by path;
+    ``images`` counts every image listed."""
+
+    images: int
+    rows: list[Entry]
+    groups: list[DupeGroup]
 
 
 def index_duplicates(
@@ -282,31 +297,55 @@ def index_duplicates(
     *,
     path_of: Callable[[str], str] | None = None,
     decisions: Decisions | None = None,
-) -> tuple[list[Entry], list[DupeGroup]]:
+) -> IndexDupes:
     """Duplicate groups of the images in ``listing``: the recorded neighbour pairs at or
-    above ``threshold`` whose images are both still listed, plus the exact tier; grouped by
-    :func:`~dinoembed.collections.dupes.group_duplicates` like the all-pairs path.
+    above ``threshold`` whose images are both still listed (a neighbour whose image is gone
+    is dropped), plus the exact tier; grouped by
+    :func:`~dinoembed.collections.dupes.group_duplicates`, as the all-pairs path groups.
 
-    ``path_of`` maps a key to the path shown (default: the key). Entries come back sorted
-    by path, so row numbers match an all-pairs run over the same images.
+    One pass over the listing, keeping a few facts per image (not its vector), so a
+    million-image index fits in a few hundred MB. ``path_of`` maps a key to the path shown.
     """
     show = path_of or (lambda key: key)
-    items = sorted(listing, key=lambda item: show(item.key))
-    row_of = {item.key: row for row, item in enumerate(items)}
-    entries = [entry_of(item, show(item.key), row) for row, item in enumerate(items)]
-    best: dict[tuple[int, int], float] = {}
-    for item in items:
-        a = row_of[item.key]
+    facts: dict[str, _Facts] = {}
+    first_of: dict[tuple[str, int | None], str] = {}
+    twins: set[str] = set()
+    best: dict[tuple[str, str], float] = {}
+    for item in listing:
+        fact = _facts(item)
+        facts[item.key] = fact
+        if fact.identity is not None:
+            first = first_of.setdefault((fact.identity, fact.size), item.key)
+            if first != item.key:
+                twins.update((first, item.key))
         for hit in item.neighbours:
-            b = row_of.get(hit.key)  # a neighbour whose image is gone is dropped
-            if b is None or b == a or hit.score < threshold:
+            if hit.key == item.key or hit.score < threshold:
                 continue
-            pair = (min(a, b), max(a, b))
+            pair = (min(item.key, hit.key), max(item.key, hit.key))
             best[pair] = max(best.get(pair, -1.0), hit.score)
-    ordered = sorted(best.items())
+    pairs_kept = {p: s for p, s in best.items() if p[0] in facts and p[1] in facts}
+    involved = twins | {k for pair in pairs_kept for k in pair}
+    keys = sorted(involved, key=show)
+    row_of = {key: row for row, key in enumerate(keys)}
+    rows = [
+        Entry(
+            sidecar=key,
+            stamp=facts[key].etag or "",
+            path=show(key),
+            etag=facts[key].etag,
+            row=row,
+            size=facts[key].size,
+            sha256=facts[key].identity,
+            width=facts[key].width,
+            height=facts[key].height,
+        )
+        for row, key in enumerate(keys)
+    ]
+    ordered = sorted((sorted((row_of[a], row_of[b])), s) for (a, b), s in pairs_kept.items())
     pairs = Pairs(
         left=np.array([p[0] for p, _ in ordered], dtype=np.int64),
         right=np.array([p[1] for p, _ in ordered], dtype=np.int64),
         score=np.array([s for _, s in ordered], dtype=np.float32),
     )
-    return entries, group_duplicates(entries, pairs, threshold, decisions or Decisions())
+    groups = group_duplicates(rows, pairs, threshold, decisions or Decisions())
+    return IndexDupes(len(facts), rows, groups)
