@@ -116,8 +116,8 @@ def sync_index(
     indexed: dict[str, Listed] = {}
     for item in index.listing(data=neighbours, metadata=True):
         on_progress(1)
-        if item.key.startswith(prefix):
-            indexed[item.key] = item
+        if item.key.startswith(prefix):  # only what the comparison needs is kept
+            indexed[item.key] = Listed(item.key, {"etag": item.etag}, item.vector)
     summary.vectors = len(indexed)
     plan = _plan(client, bucket, suffix, index, images, with_sidecar, indexed, summary)
     if plan.other_recipes and summary.sidecars == 0:
