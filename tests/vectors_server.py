@@ -288,3 +288,29 @@ def open_vectors(
             for item in client.list_indexes(vectorBucketName=VECTOR_BUCKET).get("indexes", []):
                 client.delete_index(vectorBucketName=VECTOR_BUCKET, indexName=item["indexName"])
             client.delete_vector_bucket(vectorBucketName=VECTOR_BUCKET)
+
+
+def serve(port: int) -> None:
+    """``python -m tests.vectors_server [PORT]``: the patched moto server on 127.0.0.1 (S3,
+    S3 Vectors with QueryVectors, ...) until interrupted; for trying the index commands."""
+    import signal
+    import threading
+
+    patch_moto()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    print(f"moto server with QueryVectors on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve(int(sys.argv[1]) if len(sys.argv) > 1 else 5055)
