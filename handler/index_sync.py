@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dinoembed.collections.index import (
+    MAX_GET,
     MAX_PUT,
     MAX_TOP_K,
+    META_NEIGHBOURS,
     IndexLimitError,
     Listed,
     RecipeMismatchError,
@@ -79,10 +81,71 @@ class SyncSummary:
 
 @dataclass
 class _Plan:
-    put: list[VectorRecord] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
-    current: dict[str, list[float] | None] = field(default_factory=dict)  # key -> vector
+    current: set[str] = field(default_factory=set)  # the keys a current sidecar backs
+    replaced: set[str] = field(default_factory=set)  # indexed keys put again
     other_recipes: dict[str, int] = field(default_factory=dict)
+
+
+class _Writer:
+    """Puts records as they come, 500 a request, a few requests in flight (so a full
+    rebuild never holds every vector); deletes at the end. Counts what landed and failed."""
+
+    def __init__(self, index: S3VectorsIndex, *, dry_run: bool) -> None:
+        self.index, self.dry_run = index, dry_run
+        self.pool = ThreadPoolExecutor(WRITE_WORKERS, thread_name_prefix="dinoembed-sync")
+        self.buffer: list[VectorRecord] = []
+        self.pending: list[Future[tuple[int, int]]] = []
+        self.done, self.failed = 0, 0
+
+    def put(self, record: VectorRecord) -> None:
+        if self.dry_run:
+            self.done += 1
+            return
+        self.buffer.append(record)
+        if len(self.buffer) >= MAX_PUT:
+            self._submit(self._put, self.buffer)
+            self.buffer = []
+
+    def delete(self, keys: Sequence[str]) -> None:
+        if self.dry_run:
+            self.done += len(keys)
+            return
+        for chunk in _chunks(keys, MAX_PUT):
+            self._submit(self._delete, chunk)
+
+    def close(self) -> None:
+        if self.buffer:
+            self._submit(self._put, self.buffer)
+            self.buffer = []
+        self._wait(0)
+        self.pool.shutdown()
+
+    def _submit(self, fn: Callable[[Any], tuple[int, int]], chunk: Any) -> None:
+        self._wait(2 * WRITE_WORKERS)
+        self.pending.append(self.pool.submit(fn, chunk))
+
+    def _wait(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            done, failed = self.pending.pop(0).result()
+            self.done += done
+            self.failed += failed
+
+    def _put(self, chunk: Sequence[VectorRecord]) -> tuple[int, int]:
+        try:
+            self.index.put(chunk)
+        except DinoEmbedError as err:
+            log.error("PutVectors of %d vectors failed: %s", len(chunk), err)
+            return 0, len(chunk)
+        return len(chunk), 0
+
+    def _delete(self, chunk: Sequence[str]) -> tuple[int, int]:
+        try:
+            self.index.delete(chunk)
+        except DinoEmbedError as err:
+            log.error("DeleteVectors of %d keys failed: %s", len(chunk), err)
+            return 0, len(chunk)
+        return len(chunk), 0
 
 
 def recipe_index(result: EmbeddingResult) -> str | None:
@@ -114,27 +177,33 @@ def sync_index(
         elif looks_like_image_key(obj.key, suffix):
             images[obj.key] = obj.etag
     indexed: dict[str, Listed] = {}
-    for item in index.listing(data=neighbours, metadata=True):
+    for item in index.listing(data=False, metadata=True):
         on_progress(1)
         if item.key.startswith(prefix):  # only what the comparison needs is kept
             indexed[item.key] = Listed(item.key, {"etag": item.etag}, item.vector)
     summary.vectors = len(indexed)
-    plan = _plan(client, bucket, suffix, index, images, with_sidecar, indexed, summary)
-    if plan.other_recipes and summary.sidecars == 0:
-        needed = ", ".join(sorted(plan.other_recipes))
-        raise RecipeMismatchError(
-            f"the sidecars under s3://{bucket}/{prefix} were made for the index {needed}, "
-            f"not {index.index!r}: refusing to write to {index.name}"
-        )
+    puts = _Writer(index, dry_run=dry_run)
+    try:
+        plan = _plan(client, bucket, suffix, index, images, with_sidecar, indexed, summary, puts)
+        if plan.other_recipes and summary.sidecars == 0:  # (then nothing was put either)
+            needed = ", ".join(sorted(plan.other_recipes))
+            raise RecipeMismatchError(
+                f"the sidecars under s3://{bucket}/{prefix} were made for the index {needed}, "
+                f"not {index.index!r}: refusing to write to {index.name}"
+            )
+        puts.close()
+    finally:
+        puts.pool.shutdown(cancel_futures=True)
+    summary.put, summary.failed = puts.done, puts.failed
     for name, count in sorted(plan.other_recipes.items()):
         log.warning("%d sidecar(s) were made by another recipe (index %s): left out", count, name)
-    summary.put, summary.deleted = len(plan.put), len(plan.delete)
-    replaced = {record.key for record in plan.put}
-    summary.unchanged = sum(1 for k in indexed if k in plan.current and k not in replaced)
-    if not dry_run:
-        summary.failed += _write(index, plan, summary)
-        if neighbours:
-            summary.neighbours = _recompute_neighbours(index, plan, threshold, summary)
+    deletes = _Writer(index, dry_run=dry_run)
+    deletes.delete(plan.delete)
+    deletes.close()
+    summary.deleted, summary.failed = deletes.done, summary.failed + deletes.failed
+    summary.unchanged = sum(1 for k in indexed if k in plan.current and k not in plan.replaced)
+    if neighbours and not dry_run:
+        summary.neighbours = _recompute_neighbours(index, plan, threshold, summary)
     summary.requests = {"s3vectors": index.requests}
     return summary
 
@@ -152,13 +221,14 @@ def _plan(
     with_sidecar: set[str],
     indexed: dict[str, Listed],
     summary: SyncSummary,
+    puts: _Writer,
 ) -> _Plan:
     plan = _Plan()
     to_read: list[str] = []
     for key, etag in images.items():
         known = indexed.get(key)
         if known is not None and known.etag == etag:
-            plan.current[key] = known.vector
+            plan.current.add(key)
             summary.sidecars += 1
         elif key in with_sidecar:
             to_read.append(key)
@@ -167,8 +237,10 @@ def _plan(
         result = parse_result(data) if data is not None else None
         record = _indexable(key, images[key], result, index, plan)
         if record is not None:
-            plan.put.append(record)
-            plan.current[key] = record.vector
+            puts.put(record)
+            plan.current.add(key)
+            if key in indexed:
+                plan.replaced.add(key)
             summary.sidecars += 1
     gone = [key for key in indexed if key not in plan.current]
     plan.delete.extend(sorted(gone))
@@ -195,61 +267,34 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _write(index: S3VectorsIndex, plan: _Plan, summary: SyncSummary) -> int:
-    """Put and delete, a few requests at a time; how many vectors failed."""
-
-    def put(chunk: Sequence[VectorRecord]) -> int:
-        try:
-            index.put(chunk)
-        except DinoEmbedError as err:
-            log.error("PutVectors of %d vectors failed: %s", len(chunk), err)
-            return len(chunk)
-        return 0
-
-    def delete(chunk: Sequence[str]) -> int:
-        try:
-            index.delete(chunk)
-        except DinoEmbedError as err:
-            log.error("DeleteVectors of %d keys failed: %s", len(chunk), err)
-            return len(chunk)
-        return 0
-
-    with ThreadPoolExecutor(WRITE_WORKERS, thread_name_prefix="dinoembed-sync") as pool:
-        failed = sum(pool.map(put, _chunks(plan.put, MAX_PUT)))
-        failed += sum(pool.map(delete, _chunks(plan.delete, MAX_PUT)))
-    summary.put -= min(summary.put, failed)  # counts what landed
-    return failed
-
-
 def _recompute_neighbours(
     index: S3VectorsIndex, plan: _Plan, threshold: float, summary: SyncSummary
 ) -> int:
-    """Ask the index for every current image's neighbours; store them in its metadata."""
+    """Ask the index for every current image's neighbours and store them in its vector's
+    metadata: 100 vectors read a request, one query each, 500 written back a request."""
+    writer = _Writer(index, dry_run=False)
     keys = sorted(plan.current)
-    missing = [k for k in keys if plan.current[k] is None]
-    for listed in index.get(missing, data=True, metadata=False) if missing else []:
-        plan.current[listed.key] = listed.vector
-    metadata = {listed.key: dict(listed.metadata) for listed in index.get(keys, data=False)}
-    updates: list[VectorRecord] = []
-    for key in keys:
-        vector = plan.current.get(key)
-        if vector is None or key not in metadata:
-            continue
+    for chunk in _chunks(keys, MAX_GET):
         try:
-            hits = index.query(vector, top_k=min(NEIGHBOUR_QUERY_K, MAX_TOP_K))
+            found = index.get(chunk, data=True, metadata=True)
         except DinoEmbedError as err:
-            log.error("QueryVectors for %s failed: %s", key, err)
-            summary.failed += 1
-            continue
-        found = neighbours_of_hits(hits, key, threshold)
-        md = metadata[key]
-        md["neighbours"] = encode_neighbours(found)
-        updates.append(VectorRecord(key, vector, md))
-    for chunk in _chunks(updates, MAX_PUT):
-        try:
-            index.put(chunk)
-        except DinoEmbedError as err:
-            log.error("PutVectors of %d vectors failed: %s", len(chunk), err)
+            log.error("GetVectors of %d keys failed: %s", len(chunk), err)
             summary.failed += len(chunk)
-            updates = [u for u in updates if u not in chunk]
-    return len(updates)
+            continue
+        for listed in found:
+            if listed.vector is None:
+                continue
+            try:
+                hits = index.query(listed.vector, top_k=min(NEIGHBOUR_QUERY_K, MAX_TOP_K))
+            except DinoEmbedError as err:
+                log.error("QueryVectors for %s failed: %s", listed.key, err)
+                summary.failed += 1
+                continue
+            metadata = dict(listed.metadata)
+            metadata[META_NEIGHBOURS] = encode_neighbours(
+                neighbours_of_hits(hits, listed.key, threshold)
+            )
+            writer.put(VectorRecord(listed.key, listed.vector, metadata))
+    writer.close()
+    summary.failed += writer.failed
+    return writer.done
