@@ -42,12 +42,11 @@ MAX_DELETE = 500  # keys per DeleteVectors
 MAX_GET = 100  # keys per GetVectors
 MAX_LIST = 1000  # vectors per ListVectors page
 MAX_KEY_BYTES = 1024
-MAX_FILTERABLE_BYTES = 2048
 # The folders of a key, for prefix filters, get this much of the 2 KB of filterable
-# metadata; a deeper folder is not filterable and is matched by the caller instead.
+# metadata (S3 Vectors' limit per vector); a deeper folder is not filterable and is
+# matched by the caller instead.
 PREFIXES_BUDGET = 1200
-NAME_MIN, NAME_MAX = 3, 63
-DEFAULT_DUPES_THRESHOLD = 0.95
+NAME_MAX = 63  # index names are 3 to 63 characters
 # Metadata keys. "neighbours" must be declared non-filterable when the index is created
 # (template.yaml does): it can exceed the 2 KB of filterable metadata.
 META_PREFIXES = "prefixes"
