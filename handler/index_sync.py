@@ -24,7 +24,7 @@ recipe the sync refuses before writing anything, naming the index they need.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +55,7 @@ from dinoembed.results.sidecars import Recipe, is_sidecar, parse_result, sidecar
 log = logging.getLogger(__name__)
 
 WRITE_WORKERS = 4  # concurrent PutVectors / DeleteVectors requests
+READ_BLOCK = 2000  # sidecars read ahead (about 9 KB each for 384-d)
 
 
 @dataclass
@@ -232,8 +233,7 @@ def _plan(
             summary.sidecars += 1
         elif key in with_sidecar:
             to_read.append(key)
-    sidecar_keys = [sidecar_name(key, suffix) for key in to_read]
-    for key, (_, data) in zip(to_read, read_objects(client, bucket, sidecar_keys), strict=True):
+    for key, data in _read_sidecars(client, bucket, suffix, to_read):
         result = parse_result(data) if data is not None else None
         record = _indexable(key, images[key], result, index, plan)
         if record is not None:
@@ -245,6 +245,17 @@ def _plan(
     gone = [key for key in indexed if key not in plan.current]
     plan.delete.extend(sorted(gone))
     return plan
+
+
+def _read_sidecars(
+    client: Any, bucket: str, suffix: str, keys: Sequence[str]
+) -> Iterator[tuple[str, bytes | None]]:
+    """``(image key, sidecar bytes)``, read concurrently a block at a time: a fast reader
+    never piles up more than a block of sidecars ahead of the puts."""
+    for block in _chunks(keys, READ_BLOCK):
+        names = [sidecar_name(key, suffix) for key in block]
+        for key, (_, data) in zip(block, read_objects(client, bucket, names), strict=True):
+            yield key, data
 
 
 def _indexable(
