@@ -36,7 +36,6 @@ from dinoembed.collections.index import (
     MAX_TOP_K,
     META_NEIGHBOURS,
     IndexLimitError,
-    Listed,
     RecipeMismatchError,
     VectorRecord,
     encode_neighbours,
@@ -177,11 +176,11 @@ def sync_index(
             with_sidecar.add(obj.key[: -len(suffix)])
         elif looks_like_image_key(obj.key, suffix):
             images[obj.key] = obj.etag
-    indexed: dict[str, Listed] = {}
+    indexed: dict[str, str | None] = {}  # key -> the ETag its vector records
     for item in index.listing(data=False, metadata=True):
         on_progress(1)
         if item.key.startswith(prefix):  # only what the comparison needs is kept
-            indexed[item.key] = Listed(item.key, {"etag": item.etag}, item.vector)
+            indexed[item.key] = item.etag
     summary.vectors = len(indexed)
     puts = _Writer(index, dry_run=dry_run)
     try:
@@ -220,15 +219,14 @@ def _plan(
     index: S3VectorsIndex,
     images: dict[str, str],
     with_sidecar: set[str],
-    indexed: dict[str, Listed],
+    indexed: dict[str, str | None],
     summary: SyncSummary,
     puts: _Writer,
 ) -> _Plan:
     plan = _Plan()
     to_read: list[str] = []
     for key, etag in images.items():
-        known = indexed.get(key)
-        if known is not None and known.etag == etag:
+        if key in indexed and indexed[key] == etag:
             plan.current.add(key)
             summary.sidecars += 1
         elif key in with_sidecar:
