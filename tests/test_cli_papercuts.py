@@ -91,4 +91,5 @@ def test_similar_offers_the_flags_it_uses() -> None:
     expected = {"--in", "--top-k", "--min-score", "--json", "--model", "--preprocess"}
     expected |= {"--threads", "--cache-dir", "--output-suffix", "--no-recursive"}
     expected |= {"--include", "--exclude", "-v", "--verbose", "--log-format", "-h", "--help"}
+    expected |= {"--index"}  # an s3:// collection answered by its vector index
     assert flags == expected
