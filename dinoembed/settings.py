@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     exclude: tuple[str, ...] = ()
     write_sidecars: bool = False
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per log line
+    # the vector index (SPEC section 10): s3vectors://VECTOR_BUCKET/INDEX or the index's ARN
+    # (arn:aws:s3vectors:REGION:ACCOUNT:bucket/VECTOR_BUCKET/index/INDEX); None = none
+    vector_index: str | None = None
+    # where to look for the index named for the recipe when vector_index is not set
+    vector_bucket: str | None = None
+    dupes_threshold: float = Field(default=0.95, ge=-1.0, le=1.0)
     # watcher
     polling: bool = False
     settle_seconds: float = Field(default=0.3, ge=0.0)
@@ -94,6 +100,24 @@ class Settings(BaseSettings):
     def _known_scheme(cls, value: str) -> str:
         if not value.startswith(("http://", "https://", "s3://")):
             raise ValueError("must start with http://, https:// or s3://")
+        return value
+
+    @field_validator("vector_bucket")
+    @classmethod
+    def _bucket_or_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("vector_index")
+    @classmethod
+    def _index_uri(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None  # an empty variable (SAM passes "" for AWS::NoValue) means none
+        value = value.strip()
+        if value.startswith("arn:") and ":s3vectors:" in value and "/index/" in value:
+            return value
+        bucket, _, index = value.removeprefix("s3vectors://").partition("/")
+        if not value.startswith("s3vectors://") or not bucket or not index or "/" in index:
+            raise ValueError("must be s3vectors://VECTOR_BUCKET/INDEX or an S3 Vectors index ARN")
         return value
 
     @field_validator("output_suffix")

@@ -29,10 +29,12 @@ from dinoembed.errors import TransientError
 from dinoembed.handler.batch_ops import BatchOperations
 from dinoembed.handler.deletes import SidecarDeleter
 from dinoembed.handler.events import Invocation, normalise
+from dinoembed.handler.indexing import Indexer
 from dinoembed.handler.model_fetch import fetchers_with_s3
 from dinoembed.handler.observability import Tally, make_logger, make_metrics, publish
 from dinoembed.handler.process import Processor, Report
 from dinoembed.handler.s3io import S3Objects, make_client
+from dinoembed.handler.vectors import S3VectorsIndex, make_vectors_client
 from dinoembed.model.store import ModelStore
 from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.results.sidecars import Recipe
@@ -49,6 +51,7 @@ class Runtime:
     s3_client: Any
     logger: Logger
     metrics: Metrics
+    indexer: Indexer | None = None
     _embedder: Pipeline | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     model_loads: int = 0
@@ -63,10 +66,12 @@ class Runtime:
             return self._embedder
 
     def processor(self) -> Processor:
-        return Processor(S3Objects(self.s3_client), self.embedder, self.settings.output_suffix)
+        return Processor(
+            S3Objects(self.s3_client), self.embedder, self.settings.output_suffix, self.indexer
+        )
 
     def deleter(self) -> SidecarDeleter:
-        return SidecarDeleter(S3Objects(self.s3_client), self.settings.output_suffix)
+        return SidecarDeleter(S3Objects(self.s3_client), self.settings.output_suffix, self.indexer)
 
     def recipe(self) -> Recipe:
         return self.embedder().recipe
@@ -102,8 +107,19 @@ def runtime() -> Runtime:
     if _runtime is None:
         logger = make_logger()  # configures the "dinoembed" loggers before anything logs
         capture_library_warnings()  # Pillow's warnings become log records, not raw stderr
-        _runtime = Runtime(lambda_settings(), make_client(), logger, make_metrics())
+        settings = lambda_settings()
+        _runtime = Runtime(
+            settings, make_client(), logger, make_metrics(), indexer=make_indexer(settings)
+        )
     return _runtime
+
+
+def make_indexer(settings: Settings) -> Indexer | None:
+    """The index named by ``DINOEMBED_VECTOR_INDEX`` (none when unset)."""
+    if settings.vector_index is None:
+        return None
+    index = S3VectorsIndex.from_uri(make_vectors_client(), settings.vector_index)
+    return Indexer(index, settings.dupes_threshold)
 
 
 def reset() -> None:

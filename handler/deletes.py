@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dinoembed.errors import DinoEmbedError, SourceGoneError
 from dinoembed.handler.events import ObjectRef
+from dinoembed.handler.indexing import Indexer
 from dinoembed.handler.process import Report, log_image
 from dinoembed.handler.s3io import S3Objects
 from dinoembed.images.files import looks_like_image
@@ -31,9 +32,12 @@ from dinoembed.results.sidecars import is_sidecar, sidecar_name
 class SidecarDeleter:
     """Removes the sidecars of deleted images; one per execution environment."""
 
-    def __init__(self, objects: S3Objects, output_suffix: str) -> None:
+    def __init__(
+        self, objects: S3Objects, output_suffix: str, indexer: Indexer | None = None
+    ) -> None:
         self.objects = objects
         self.suffix = output_suffix
+        self.indexer = indexer
 
     def process(self, refs: Iterable[ObjectRef]) -> Report:
         report = Report()
@@ -58,11 +62,21 @@ class SidecarDeleter:
         key = sidecar_name(ref.key, self.suffix)
         sidecar = self.objects.read_sidecar(ref.bucket, key)
         if sidecar is None:
-            return report.skip(ref, "no sidecar to delete", deletion=True)
-        if not self.objects.delete_sidecar(ref.bucket, key, suffix=self.suffix, etag=sidecar.etag):
+            report.skip(ref, "no sidecar to delete", deletion=True)
+        elif not self.objects.delete_sidecar(
+            ref.bucket, key, suffix=self.suffix, etag=sidecar.etag
+        ):
             return report.skip(ref, "sidecar changed meanwhile; kept", deletion=True)
-        report.tally.deleted += 1
-        log_image(
-            ref, "deleted", 0.0, reason=f"sidecar s3://{ref.bucket}/{key} deleted", deletion=True
-        )
+        else:
+            report.tally.deleted += 1
+            log_image(
+                ref,
+                "deleted",
+                0.0,
+                reason=f"sidecar s3://{ref.bucket}/{key} deleted",
+                deletion=True,
+            )
+        # Its vector goes too (a retry after a failed delete finds no sidecar and gets here).
+        if self.indexer is not None and self.indexer.delete(ref, self.objects, self.suffix):
+            report.tally.vectors_deleted += 1
         return None

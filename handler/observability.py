@@ -35,6 +35,11 @@ class Tally:
     failed: int = 0
     deleted: int = 0
     embed_ms: float = 0.0
+    indexed: int = 0  # vectors put
+    vectors_deleted: int = 0
+    with_duplicates: int = 0  # new embeddings that recorded any neighbour
+    unindexed: int = 0  # success results the index could not take (e.g. key > 1,024 bytes)
+    index_refused: int = 0  # 1 when the index is not the one the recipe needs
 
     def merge(self, other: Tally) -> None:
         for f in fields(self):
@@ -47,6 +52,11 @@ METRIC_NAMES = {
     "skipped": "ImagesSkipped",
     "failed": "RecordsFailed",
     "deleted": "SidecarsDeleted",
+    "indexed": "VectorsPut",
+    "vectors_deleted": "VectorsDeleted",
+    "with_duplicates": "UploadsWithDuplicates",
+    "unindexed": "VectorsNotIndexed",
+    "index_refused": "IndexRecipeMismatch",
 }
 
 

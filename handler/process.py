@@ -24,8 +24,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dinoembed.collections.index import IndexLimitError
 from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError
 from dinoembed.handler.events import ObjectRef
+from dinoembed.handler.indexing import Indexer, Pending
 from dinoembed.handler.observability import Tally
 from dinoembed.handler.s3io import ObjectMeta, S3Objects, Sidecar
 from dinoembed.images.decode import check_byte_size
@@ -70,11 +72,16 @@ class Processor:
     """Turns announced objects into sidecars; one per execution environment."""
 
     def __init__(
-        self, objects: S3Objects, embedder: Callable[[], Pipeline], output_suffix: str
+        self,
+        objects: S3Objects,
+        embedder: Callable[[], Pipeline],
+        output_suffix: str,
+        indexer: Indexer | None = None,
     ) -> None:
         self.objects = objects
         self._embedder = embedder
         self.suffix = output_suffix
+        self.indexer = indexer
 
     def process(self, refs: Iterable[ObjectRef]) -> Report:
         report = Report()
@@ -88,9 +95,44 @@ class Processor:
             for ref in candidates:
                 report.fail(ref, f"model unavailable: {err}")
             return report
-        jobs = [job for ref in candidates if (job := self._plan(ref, embedder, report))]
-        self._run(jobs, embedder, report)
+        index = self._index_for(embedder, report)
+        pending = Pending()
+        jobs = [job for ref in candidates if (job := self._plan(ref, embedder, report, pending))]
+        self._run(jobs, embedder, report, pending, index)
+        self._put_vectors(pending, report, index)
         return report
+
+    def _index_for(self, embedder: Pipeline, report: Report) -> Indexer | None:
+        """The index to keep in step, unless there is none or it is for another recipe."""
+        if self.indexer is None:
+            return None
+        if not self.indexer.check(embedder.recipe):
+            report.tally.index_refused = 1
+            return None
+        return self.indexer
+
+    def _queue_vector(
+        self, ref: ObjectRef, result: EmbeddingResult, pending: Pending, report: Report
+    ) -> None:
+        if self.indexer is None or self.indexer.refused or not result.ok:
+            return  # error results are never indexed
+        try:
+            pending.add(ref, result)
+        except IndexLimitError as err:
+            report.tally.unindexed += 1
+            log.warning("not indexed: %s", err, extra={"bucket": ref.bucket, "key": ref.key})
+
+    def _put_vectors(self, pending: Pending, report: Report, index: Indexer | None) -> None:
+        """One batched put for the invocation; its failure fails the records (retried)."""
+        if index is None or not pending.records:
+            return
+        try:
+            index.put(pending)
+        except DinoEmbedError as err:
+            for ref in pending.refs:
+                report.fail(ref, f"cannot index the vector: {err}")
+            return
+        report.tally.indexed += len(pending.records)
 
     def _wanted(self, ref: ObjectRef, report: Report) -> bool:
         if is_sidecar(ref.key, self.suffix):
@@ -101,7 +143,9 @@ class Processor:
             return False
         return True
 
-    def _plan(self, ref: ObjectRef, embedder: Pipeline, report: Report) -> _Job | None:
+    def _plan(
+        self, ref: ObjectRef, embedder: Pipeline, report: Report, pending: Pending
+    ) -> _Job | None:
         try:
             meta = self._meta(ref)
             existing = self.objects.read_sidecar(ref.bucket, self._sidecar_key(ref))
@@ -116,6 +160,8 @@ class Processor:
         verdict = judge(recorded, source, embedder.recipe)
         if verdict is Verdict.CURRENT:
             report.skip(ref, "sidecar is current")
+            if recorded is not None:  # a retry after a failed put: the vector goes in now
+                self._queue_vector(ref, recorded, pending, report)
             return None
         if verdict is Verdict.NEWER:
             report.skip(ref, "sidecar written by a newer dinoembed; left alone")
@@ -141,7 +187,14 @@ class Processor:
         source = SourceInfo(size=meta.size, etag=meta.etag, version_id=meta.version_id)
         return ImageItem(file_path=ref.uri, load=load, source=source)
 
-    def _run(self, jobs: list[_Job], embedder: Pipeline, report: Report) -> None:
+    def _run(
+        self,
+        jobs: list[_Job],
+        embedder: Pipeline,
+        report: Report,
+        pending: Pending,
+        index: Indexer | None,
+    ) -> None:
         to_embed = [job for job in jobs if job.error is None]
         for job in jobs:
             if job.error is not None:
@@ -153,9 +206,25 @@ class Processor:
             elif outcome.disposition is Disposition.RETRY:
                 report.fail(job.ref, outcome.reason)
             else:
-                self._write(job, outcome.result, report, outcome.seconds)
+                result = self._with_neighbours(job.ref, outcome.result, index, report)
+                if self._write(job, result, report, outcome.seconds):
+                    self._queue_vector(job.ref, result, pending, report)
 
-    def _write(self, job: _Job, result: EmbeddingResult, report: Report, seconds: float) -> None:
+    def _with_neighbours(
+        self, ref: ObjectRef, result: EmbeddingResult, index: Indexer | None, report: Report
+    ) -> EmbeddingResult:
+        """The result with the duplicates already indexed (SPEC section 10), when asked."""
+        if index is None or not result.ok:
+            return result
+        neighbours = index.neighbours(ref.key, result)
+        if neighbours is None:
+            return result
+        if neighbours:
+            report.tally.with_duplicates += 1
+        return result.model_copy(update={"neighbours": neighbours})
+
+    def _write(self, job: _Job, result: EmbeddingResult, report: Report, seconds: float) -> bool:
+        """Write the sidecar; True when this invocation wrote it."""
         replaces = job.existing.etag if job.existing else None
         try:
             written = self.objects.put_sidecar(
@@ -163,16 +232,17 @@ class Processor:
             )
         except DinoEmbedError as err:
             report.fail(job.ref, f"cannot write sidecar: {err}")
-            return
+            return False
         if not written:
             report.skip(job.ref, "sidecar written concurrently by another invocation")
-            return
+            return False
         if result.ok:
             report.tally.embedded += 1
             report.tally.embed_ms += seconds * 1000.0
         else:
             report.tally.errors += 1
         log_image(job.ref, result.status, seconds, error=result.error)
+        return True
 
     def _sidecar_key(self, ref: ObjectRef) -> str:
         return sidecar_name(ref.key, self.suffix)

@@ -89,6 +89,16 @@ find "$out" \( -name __pycache__ -o -name tests \) -type d -prune -exec rm -rf {
 
 if [ -n "$bundle" ]; then
     # The python3.12 runtime puts its own boto3/botocore on sys.path after the package.
+    # Its botocore may predate S3 Vectors (2025): the service's model files from the botocore
+    # this build resolved (the lambda extra's boto3>=1.40) go to aws-data/, which the
+    # template puts on AWS_DATA_PATH, so the runtime's botocore knows the s3vectors client.
+    if [ ! -d "$out/botocore/data/s3vectors" ]; then
+        echo "error: the botocore installed for the package has no s3vectors model" >&2
+        exit 1
+    fi
+    rm -rf "$out/aws-data"
+    mkdir -p "$out/aws-data"
+    cp -R "$out/botocore/data/s3vectors" "$out/aws-data/s3vectors"
     rm -rf "$out"/{boto3,botocore,s3transfer,jmespath} "$out"/{boto3,botocore,s3transfer,jmespath}-*.dist-info
     rm -rf "$out/model"
     mkdir -p "$out/model"

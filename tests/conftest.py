@@ -15,7 +15,12 @@ from dinoembed.model.standin import build_tiny
 from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.settings import Settings
 
-pytest_plugins = ["tests.reliability_plugin", "tests.s3_backends", "tests.lambda_plugin"]
+pytest_plugins = [
+    "tests.reliability_plugin",
+    "tests.s3_backends",
+    "tests.lambda_plugin",
+    "tests.vectors_server",
+]
 
 
 @pytest.fixture(autouse=True)

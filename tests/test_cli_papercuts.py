@@ -92,4 +92,5 @@ def test_similar_offers_the_flags_it_uses() -> None:
     expected |= {"--threads", "--cache-dir", "--output-suffix", "--no-recursive"}
     expected |= {"--include", "--exclude", "-v", "--verbose", "--log-format", "-h", "--help"}
     expected |= {"--paths", "--null"}  # paths only (issue 20)
+    expected |= {"--index"}  # an s3:// collection answered by its vector index
     assert flags == expected

@@ -251,6 +251,8 @@ def test_bundled_package_fits_lambda_with_the_87_mb_model(
     assert {"dinoembed", "onnxruntime", "numpy", "PIL", "pillow_heif", "model"} <= names
     # boto3 & co. are the runtime's: leaving them out is what makes the model fit
     assert {"boto3", "botocore", "s3transfer", "jmespath"}.isdisjoint(names)
+    # but S3 Vectors' model files come along (AWS_DATA_PATH), for a runtime that predates it
+    assert list((bundled_artifact / "aws-data" / "s3vectors").glob("*/service-2.json*"))
     assert {
         "handler",
         "watcher",

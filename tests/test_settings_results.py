@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from dinoembed.common.atomic import is_temp_file, write_atomic
-from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo
+from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, Neighbour
 from dinoembed.results.sidecars import (
     is_sidecar,
     parse_result,
@@ -82,6 +82,7 @@ def test_result_schema_forbids_unknown_fields_and_round_trips() -> None:
         "model",
         "source",
         "created_at",
+        "neighbours",
     }
     assert EmbeddingResult.model_validate_json(result.to_json()) == result
     with pytest.raises(ValidationError):
@@ -103,8 +104,24 @@ def test_readers_ignore_fields_a_newer_version_adds_at_any_depth() -> None:
     doc["embedding"]["dtype"] = "float32"
     # WHEN it is read THEN the known fields come back and the unknown ones are ignored
     assert parse_result(json.dumps(doc).encode()) == result
-    # AND a writer still emits exactly the schema
-    assert set(json.loads(result.to_bytes())) == set(EmbeddingResult.model_fields)
+    # AND a writer still emits exactly the schema (the optional neighbours only when known)
+    assert set(json.loads(result.to_bytes())) == set(EmbeddingResult.model_fields) - {"neighbours"}
+
+
+def test_neighbours_are_written_when_known_and_read_back() -> None:
+    # GIVEN a result with the duplicates recorded as it landed
+    result = EmbeddingResult(
+        file_path="s3://b/photos/cat.jpg",
+        status="success",
+        embedding=Embedding(embedding=[0.6, 0.8], embedding_dim=2, normalized=True),
+        model=MODEL,
+        neighbours=[Neighbour(key="photos/dog.jpg", score=0.981)],
+    )
+    # WHEN written and read back
+    doc = json.loads(result.to_bytes())
+    # THEN the sidecar carries them (SPEC section 4) and a reader gets them back
+    assert doc["neighbours"] == [{"key": "photos/dog.jpg", "score": 0.981}]
+    assert parse_result(result.to_bytes()) == result
 
 
 def test_a_reader_refuses_what_is_not_a_result() -> None:

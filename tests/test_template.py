@@ -15,8 +15,17 @@ from typing import Any
 
 import pytest
 
+from dinoembed.collections.index import NON_FILTERABLE_KEYS, index_name
 from dinoembed.images.files import IMAGE_EXTENSIONS
-from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, DEFAULT_OUTPUT_SUFFIX
+from dinoembed.results.schema import ModelInfo
+from dinoembed.results.sidecars import Recipe
+from dinoembed.settings import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_SHA256,
+    DEFAULT_MODEL_URL,
+    DEFAULT_OUTPUT_SUFFIX,
+    Settings,
+)
 
 ROOT = Path(__file__).parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -174,7 +183,7 @@ def test_model_object_is_readable_only_when_the_model_comes_from_s3(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
     policies = resources["EmbedFunction"]["Properties"]["Policies"]
-    conditional = [p for p in policies if "Fn::If" in p]
+    conditional = [p for p in policies if "Fn::If" in p and p["Fn::If"][0] == "ModelFromS3"]
     assert len(conditional) == 1
     condition, granted, otherwise = conditional[0]["Fn::If"]
     assert condition == "ModelFromS3" and otherwise == {"Ref": "AWS::NoValue"}
@@ -453,3 +462,90 @@ def test_container_image_bakes_the_pinned_model_and_the_same_handler(
     assert dockerfile.rstrip().endswith(f'CMD ["{handler}"]')
     ignore = (ROOT / "infra" / "Dockerfile.dockerignore").read_text().splitlines()
     assert "*" in ignore and "!handler/**" in ignore and "!dinoembed/**" in ignore
+
+
+VECTOR_RESOURCES = ("VectorBucket", "VectorIndex")
+
+
+def test_vector_index_is_float32_cosine_of_the_model_dimension(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    # GIVEN the index the template creates
+    index = resources["VectorIndex"]["Properties"]
+    params = template["Parameters"]
+    # THEN it is float32, cosine, of the dimension parameter (384 by default: ViT-S/14)
+    assert index["DataType"] == "float32" and index["DistanceMetric"] == "cosine"
+    assert index["Dimension"] == {"Ref": "VectorDimension"}
+    assert params["VectorDimension"]["Default"] == 384
+    assert index["VectorBucketArn"] == {"Fn::GetAtt": ["VectorBucket", "VectorBucketArn"]}
+    # AND its metadata that may exceed 2 KB is declared non-filterable
+    assert index["MetadataConfiguration"]["NonFilterableMetadataKeys"] == list(NON_FILTERABLE_KEYS)
+    # AND its default name is the one the default recipe needs (SPEC section 10)
+    model = ModelInfo(
+        name=DEFAULT_MODEL_NAME,
+        sha256=DEFAULT_MODEL_SHA256,
+        preprocess="center-crop",
+        input_size=224,
+    )
+    assert params["VectorIndexName"]["Default"] == index_name(Recipe(model, normalize=True))
+    assert index["IndexName"] == {"Ref": "VectorIndexName"}
+
+
+def test_vector_index_is_on_by_default_and_off_leaves_the_stack_as_before(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    assert template["Parameters"]["EnableVectorIndex"]["Default"] == "true"
+    assert template["Conditions"]["HasVectorIndex"] == {
+        "Fn::Equals": [{"Ref": "EnableVectorIndex"}, "true"]
+    }
+    # every piece of it hangs on the condition: resources, output, variable, policy
+    for name in VECTOR_RESOURCES:
+        assert resources[name]["Condition"] == "HasVectorIndex"
+    assert template["Outputs"]["VectorIndexArn"]["Condition"] == "HasVectorIndex"
+    env = resources["EmbedFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["DINOEMBED_VECTOR_INDEX"] == {
+        "Fn::If": [
+            "HasVectorIndex",
+            {"Fn::GetAtt": ["VectorIndex", "IndexArn"]},
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    policies = resources["EmbedFunction"]["Properties"]["Policies"]
+    vector_policies = [p for p in policies if "s3vectors:" in json.dumps(p)]
+    assert len(vector_policies) == 1 and vector_policies[0]["Fn::If"][0] == "HasVectorIndex"
+    assert vector_policies[0]["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+
+
+def test_the_index_arn_the_template_passes_is_a_setting_the_function_accepts() -> None:
+    arn = "arn:aws:s3vectors:us-east-1:123456789012:bucket/vb/index/dinov2-vits14-4df36ef0-crop-l2"
+    assert Settings(vector_index=arn).vector_index == arn
+    assert Settings(vector_index="").vector_index is None
+
+
+def test_function_may_only_put_get_delete_and_query_vectors_of_its_index(
+    resources: dict[str, Any],
+) -> None:
+    policies = resources["EmbedFunction"]["Properties"]["Policies"]
+    (policy,) = [p for p in policies if "s3vectors:" in json.dumps(p)]
+    statements = iam_statements(policy)
+    assert len(statements) == 1
+    assert sorted(as_list(statements[0]["Action"])) == [
+        "s3vectors:DeleteVectors",
+        "s3vectors:GetVectors",
+        "s3vectors:PutVectors",
+        "s3vectors:QueryVectors",
+    ]
+    assert statements[0]["Resource"] == {"Fn::GetAtt": ["VectorIndex", "IndexArn"]}
+
+
+@needs_sam
+def test_deployed_template_grants_no_wildcard_vector_actions(deployed: dict[str, Any]) -> None:
+    statements = iam_statements(deployed["Resources"])
+    actions = [str(a) for s in statements for a in as_list(s["Action"])]
+    vector_actions = [a for a in actions if a.startswith("s3vectors:")]
+    assert sorted(vector_actions) == [
+        "s3vectors:DeleteVectors",
+        "s3vectors:GetVectors",
+        "s3vectors:PutVectors",
+        "s3vectors:QueryVectors",
+    ]

@@ -311,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_option(serve)
     add_suffix_option(serve)
     add_filter_options(serve)
+    from dinoembed.cli.index import add_index_command, add_index_option
+
+    index_sync = add_index_command(sub)
+    add_suffix_option(index_sync)
+    for name in ("similar", "dupes"):  # answered through the index for an s3:// location
+        add_index_option(sub.choices[name])
     completion = sub.add_parser(
         "completion",
         argument_default=argparse.SUPPRESS,
@@ -491,6 +497,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             listed=getattr(args, "list_kinds", []),
             null=getattr(args, "null", False),
         )
+    if args.command == "index":
+        from dinoembed.cli.index import run_index
+
+        return run_index(args, settings)
     if args.command == "serve":
         from dinoembed.cli.serve import run_serve
 

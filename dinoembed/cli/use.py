@@ -250,6 +250,13 @@ def run_similar(
         raise ConfigError(f"--top-k {top}: must be 0 or more")
     if not wiring.is_s3(query) and not Path(query).is_file():
         raise ConfigError(f"{query}: no such image or sidecar file")
+    index = wiring.open_s3_index(location, settings)
+    if index is not None:  # the bucket's vector index answers (SPEC section 10)
+        from dinoembed.cli.use_index import similar_via_index
+
+        doc = similar_via_index(settings, index, query, location, top=top, min_score=min_score)
+        print_similar(doc, as_json=as_json, paths_end=paths_end, top=top)
+        return 0
     collection = open_collection(location, settings)
     vector, query_path = query_vector(query, collection, settings)
     idx, scores = top_k(collection.matrix, vector, top + 1)
@@ -261,22 +268,29 @@ def run_similar(
         for entry, score in found
         if entry.path != query_path and (min_score is None or score >= min_score)
     ][:top]
+    doc = {
+        "query": query_path,
+        "collection": collection.location,
+        "model": _model_json(collection.model),
+        "results": [{"path": e.path, "score": round(s, 6), "etag": e.etag} for e, s in hits],
+    }
+    print_similar(doc, as_json=as_json, paths_end=paths_end, top=top)
+    return 0
+
+
+def print_similar(doc: dict[str, Any], *, as_json: bool, paths_end: str | None, top: int) -> None:
+    """``similar``'s answer, however it was found: the JSON document, the paths only, or
+    ``score<TAB>path`` a line, best first."""
+    results = doc["results"]
     if as_json:
-        doc = {
-            "query": query_path,
-            "collection": collection.location,
-            "model": _model_json(collection.model),
-            "results": [{"path": e.path, "score": round(s, 6), "etag": e.etag} for e, s in hits],
-        }
         output.print_json(doc)
     elif paths_end is not None:
-        _print_paths([entry.path for entry, _ in hits], paths_end)
+        _print_paths([r["path"] for r in results], paths_end)
     else:
-        for entry, score in hits:
-            print(f"{score:.4f}\t{entry.path}")
-        if not hits:
-            print(f"no similar images in {collection.location} (--top-k {top})")
-    return 0
+        for r in results:
+            print(f"{r['score']:.4f}\t{r['path']}")
+        if not results:
+            print(f"no similar images in {doc['collection']} (--top-k {top})")
 
 
 def query_vector(query: str, collection: Collection, settings: Settings) -> tuple[Any, str]:
@@ -356,23 +370,39 @@ def run_dupes(
     decisions_file: Path | None = None,
     paths_end: str | None = None,
 ) -> int:
-    collection, _, groups = find_dupes(settings, location, threshold, decisions_file)
-    rows = collection.rows
+    index = wiring.open_s3_index(location, settings)
+    if index is not None and threshold >= settings.dupes_threshold:
+        from dinoembed.cli.use_index import dupes_via_index  # the recorded neighbours
+
+        decisions = Decisions.load(decisions_file) if decisions_file else Decisions()
+        found = dupes_via_index(index, location, threshold, decisions)
+        rows, groups, images = found.rows, found.groups, found.images
+    else:
+        if index is not None:
+            log.info(
+                "%s: neighbours are recorded at cosine >= %s; --threshold %s reads every "
+                "sidecar instead",
+                index.name,
+                settings.dupes_threshold,
+                threshold,
+            )
+        collection, _, groups = find_dupes(settings, location, threshold, decisions_file)
+        rows, images, location = collection.rows, len(collection), collection.location
     if paths_end is not None:
         _print_paths([rows[m].path for g in groups for m in g.members if m != g.keep], paths_end)
         return 0
     if as_json:
         doc = {
-            "collection": collection.location,
+            "collection": location,
             "threshold": threshold,
-            "images": len(collection),
+            "images": images,
             "groups": [_group_json(g, rows) for g in groups],
         }
         output.print_json(doc)
         return 0
     exact = sum(1 for g in groups if g.kind == "exact")
     print(
-        f"{plural(len(collection), 'image')}: {plural(exact, 'group')} of identical files, "
+        f"{plural(images, 'image')}: {plural(exact, 'group')} of identical files, "
         f"{plural(len(groups) - exact, 'group')} of similar images (cosine >= {threshold})"
     )
     for number, group in enumerate(groups, 1):

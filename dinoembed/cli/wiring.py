@@ -22,6 +22,8 @@ from dinoembed.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: `dinoembed --help` need not load numpy and Pillow
     from dinoembed.collections.collection import SidecarSource
+    from dinoembed.collections.index import VectorIndex
+    from dinoembed.handler.vectors import S3VectorsIndex
     from dinoembed.model.store import ModelStore
     from dinoembed.pipeline import Pipeline
     from dinoembed.results.coverage import Listing
@@ -180,3 +182,36 @@ def check_input_file(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {path}: does not exist")
     if not path.is_file():
         raise ConfigError(f"{what} {path}: not a file")
+
+
+def open_s3_index(location: str, settings: Settings) -> S3VectorsIndex | None:
+    """The S3 Vectors index of an ``s3://bucket/prefix``: ``--index`` /
+    ``DINOEMBED_VECTOR_INDEX`` (``s3vectors://VECTOR_BUCKET/INDEX`` or the index's ARN),
+    else, with ``DINOEMBED_VECTOR_BUCKET``, the index named for the configured recipe
+    (SPEC section 10); None for a folder or when neither is set."""
+    if not is_s3(location):
+        return None
+    with needs_extra("a vector index"):
+        from dinoembed.handler.vectors import S3VectorsIndex, make_vectors_client
+    if settings.vector_index is not None:
+        return S3VectorsIndex.from_uri(make_vectors_client(), settings.vector_index)
+    if settings.vector_bucket is None:
+        return None
+    from dinoembed.collections.index import index_name
+    from dinoembed.results.schema import ModelInfo
+    from dinoembed.results.sidecars import Recipe
+
+    model = ModelInfo(
+        name=settings.model_name,
+        sha256=settings.model_sha256,
+        preprocess=settings.preprocess,
+        input_size=224,
+    )
+    name = index_name(Recipe(model, settings.normalize))
+    return S3VectorsIndex(make_vectors_client(), settings.vector_bucket, name)
+
+
+def open_index(location: str, settings: Settings) -> VectorIndex | None:
+    """The vector index that answers for ``location`` (an ``s3://bucket/prefix``), or None
+    (a folder, or no index configured): see :func:`open_s3_index`."""
+    return open_s3_index(location, settings)

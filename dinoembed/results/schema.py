@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 
 SCHEMA_VERSION = 1
 _TOLERANT = {"tolerant": True}
+_NO_NEIGHBOURS = {"neighbours"}
 
 
 class _Frozen(BaseModel):
@@ -55,6 +56,13 @@ class SourceInfo(_Frozen):
     height: int | None = None
 
 
+class Neighbour(_Frozen):
+    """An image of the same bucket at or above the duplicate threshold (SPEC section 10)."""
+
+    key: str
+    score: float
+
+
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -68,17 +76,20 @@ class EmbeddingResult(_Frozen):
     model: ModelInfo
     source: SourceInfo = Field(default_factory=SourceInfo)
     created_at: str = Field(default_factory=utc_now)
+    # Optional (SPEC section 4): a snapshot of the duplicates when this image was embedded,
+    # best first; not part of the currency rule, and left out of the JSON when None.
+    neighbours: list[Neighbour] | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "success"
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        return self.model_dump_json(exclude=None if self.neighbours is not None else _NO_NEIGHBOURS)
 
     def to_bytes(self) -> bytes:
         """The sidecar's content: one JSON line."""
-        return self.model_dump_json().encode() + b"\n"
+        return self.to_json().encode() + b"\n"
 
     @classmethod
     def read_json(cls, data: bytes | str) -> EmbeddingResult:
