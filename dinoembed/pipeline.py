@@ -23,16 +23,24 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from dinoembed.errors import DinoEmbedError, ImageError, SourceGoneError, TransientError
+from dinoembed.errors import (
+    ConfigError,
+    DinoEmbedError,
+    ImageError,
+    SourceGoneError,
+    TransientError,
+)
 from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode_image
 from dinoembed.images.transforms import preprocess
 from dinoembed.model.engine import Engine, available_cpus, create_session, is_standin
-from dinoembed.model.store import ModelSource, ModelStore
+from dinoembed.model.store import ModelSource, ModelStore, sha256_file
 from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
 from dinoembed.results.sidecars import Recipe
-from dinoembed.settings import Settings
+from dinoembed.settings import Preprocess, Settings
 
 log = logging.getLogger(__name__)
+
+MODEL_INPUT_SIZE = 224  # in a recipe known from settings alone: descriptive, not identity
 
 Loader = Callable[[], "bytes | Path | Image.Image"]
 
@@ -304,3 +312,30 @@ def build_pipeline(settings: Settings, store: ModelStore | None = None) -> Pipel
         batch_size=settings.batch_size,
         decode_workers=settings.decode_workers or cpus,
     )
+
+
+def expected_model(settings: Settings) -> tuple[str, Preprocess]:
+    """The sha256 and preprocessing the function is configured with, without loading it:
+    the file's digest for ``--model``/``DINOEMBED_MODEL_PATH``, else ``DINOEMBED_MODEL_SHA256``."""
+    if settings.model_path is not None and not settings.sha256_is_explicit:
+        try:
+            return sha256_file(settings.model_path), settings.preprocess
+        except OSError as err:
+            raise ConfigError(
+                f"--model {settings.model_path}: cannot read: {err.strerror or err}"
+            ) from err
+    return settings.model_sha256, settings.preprocess
+
+
+def expected_recipe(settings: Settings) -> Recipe:
+    """What a current sidecar must have been made by, from settings alone (no model is
+    loaded or downloaded). Only the sha256 and preprocessing identify a model
+    (:func:`dinoembed.results.sidecars.same_space`); name and input size are descriptive."""
+    sha256, preprocess = expected_model(settings)
+    model = ModelInfo(
+        name=settings.model_name,
+        sha256=sha256,
+        preprocess=preprocess,
+        input_size=MODEL_INPUT_SIZE,
+    )
+    return Recipe(model, settings.normalize)

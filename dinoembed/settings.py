@@ -81,8 +81,10 @@ class Settings(BaseSettings):
     polling: bool = False
     settle_seconds: float = Field(default=0.3, ge=0.0)
     rescan_seconds: float = Field(default=300.0, ge=0.0)
-    # dinoembed serve (SPEC section 11): loopback unless told otherwise; the bearer token
-    # every route but /health needs when it is set
+    # dinoembed serve (SPEC section 11): what it searches (a folder or s3://bucket/prefix; the
+    # Function URL's is the images bucket), loopback unless told otherwise, and the bearer
+    # token every route but /health needs when it is set
+    serve_location: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     serve_token: SecretStr | None = None

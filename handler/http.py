@@ -8,7 +8,8 @@ requests reach the function, so the app runs without a bearer token.
 Module-level lazy state as in :mod:`dinoembed.handler.app`: the settings, the S3 client and
 the app are made on the first invocation, the model on the first request that embeds
 (``GET /health`` says whether it is loaded), and a failed model load keeps nothing. The
-model comes from where the embedding function gets it (bundled, cache, ``ModelUrl``).
+model comes from where the embedding function gets it (bundled, cache, ``ModelUrl``);
+``/search`` and ``/duplicates`` ask the bucket's vector index (:func:`index_backend`).
 """
 
 from __future__ import annotations
@@ -20,16 +21,19 @@ from typing import Any
 
 from mangum import Mangum
 
+from dinoembed.collections.index import index_name
 from dinoembed.common.logs import capture_library_warnings
 from dinoembed.handler.app import lambda_settings
+from dinoembed.handler.collection_s3 import parse_s3_uri
 from dinoembed.handler.model_fetch import fetchers_with_s3
-from dinoembed.handler.s3io import make_client
+from dinoembed.handler.s3io import S3Objects, make_client
+from dinoembed.handler.vectors import S3VectorsIndex, make_vectors_client
 from dinoembed.images.decode import DecodeLimits
 from dinoembed.model.store import ModelStore
-from dinoembed.pipeline import Pipeline, build_pipeline
+from dinoembed.pipeline import Pipeline, build_pipeline, expected_recipe
 from dinoembed.settings import Settings
 from dinoembed.web.app import AppOptions, create_app
-from dinoembed.web.backends import SearchBackend
+from dinoembed.web.backends import IndexBackend, SearchBackend
 from dinoembed.web.model import ModelHolder
 
 log = logging.getLogger(__name__)
@@ -44,14 +48,35 @@ TOO_LARGE_HINT = (
 BackendOpener = Callable[[Settings, Any], SearchBackend | None]
 
 
-def no_backend(settings: Settings, client: Any) -> SearchBackend | None:
-    """Until the bucket's S3 Vectors index is wired here, /search and /duplicates answer
-    503 and the embedding routes work."""
-    return None
+def index_backend(settings: Settings, client: Any) -> SearchBackend | None:
+    """The bucket's vector index (``DINOEMBED_VECTOR_INDEX``), thumbnails read from the
+    images bucket (``DINOEMBED_SERVE_LOCATION``). None, so that /search and /duplicates
+    answer 503 while the embedding routes work, when either is unset or the index is named
+    for another recipe than this function's model (logged in one line)."""
+    if settings.vector_index is None or not settings.serve_location:
+        log.warning("no vector index or images bucket configured: /search answers 503")
+        return None
+    index = S3VectorsIndex.from_uri(make_vectors_client(), settings.vector_index)
+    needed = index_name(expected_recipe(settings))
+    if index.index != needed:
+        log.error(
+            "%s holds another recipe's vectors: this function's model needs the index %s; "
+            "/search answers 503",
+            index.name,
+            needed,
+        )
+        return None
+    bucket, _ = parse_s3_uri(settings.serve_location)
+    objects = S3Objects(client)
+
+    def read_image(key: str, limit: int) -> bytes:
+        return objects.read(bucket, key, etag=None, version_id=None)[: limit + 1]
+
+    return IndexBackend(index, read_image)
 
 
 def build_handler(
-    settings: Settings, client: Any, open_backend: BackendOpener = no_backend
+    settings: Settings, client: Any, open_backend: BackendOpener = index_backend
 ) -> Mangum:
     """The app for this execution environment, wrapped for Lambda."""
     raw = settings.model_copy(update={"normalize": False})  # normalised per request

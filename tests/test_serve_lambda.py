@@ -12,7 +12,6 @@ import base64
 import copy
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from PIL import Image
 
 from dinoembed.api import Embedder
+from dinoembed.collections.index import Hit
 from dinoembed.handler import http
 from dinoembed.settings import Settings
 from dinoembed.web.backends import IndexBackend, SearchBackend
@@ -28,16 +28,10 @@ from tests.helpers import encode
 from tests.test_lambda_support import load_event
 
 
-@dataclass(frozen=True)
-class FakeHit:
-    key: str
-    score: float
-
-
 class FakeIndex:
     """In-memory stand-in for ``dinoembed.collections.index.VectorIndex`` (exact cosine)."""
 
-    def __init__(self, vectors: dict[str, list[float]], neighbours: dict[str, list[FakeHit]]):
+    def __init__(self, vectors: dict[str, list[float]], neighbours: dict[str, list[Hit]]):
         self.vectors = vectors
         self.neighbours = neighbours
         self.asked: list[int] = []
@@ -46,11 +40,11 @@ class FakeIndex:
     def name(self) -> str:
         return "s3vectors://vectors-bucket/dinov2-test"
 
-    def query(self, vector: Sequence[float], *, top_k: int, prefix: str = "") -> list[FakeHit]:
+    def query(self, vector: Sequence[float], *, top_k: int, prefix: str = "") -> list[Hit]:
         self.asked.append(top_k)
         q = np.asarray(vector) / np.linalg.norm(vector)
         scored = [
-            FakeHit(k, float(np.dot(q, np.asarray(v) / np.linalg.norm(v))))
+            Hit(k, float(np.dot(q, np.asarray(v) / np.linalg.norm(v))))
             for k, v in self.vectors.items()
             if k.startswith(prefix)
         ]
@@ -59,7 +53,7 @@ class FakeIndex:
     def vector_of(self, key: str) -> list[float] | None:
         return self.vectors.get(key)
 
-    def neighbours_of(self, key: str) -> list[FakeHit] | None:
+    def neighbours_of(self, key: str) -> list[Hit] | None:
         return self.neighbours.get(key) if key in self.vectors else None
 
 
@@ -96,7 +90,7 @@ def index() -> FakeIndex:
     rng = np.random.default_rng(3)
     vectors = {f"photos/{i}.jpg": rng.standard_normal(8).tolist() for i in range(6)}
     vectors["photos/copy-of-0.jpg"] = list(vectors["photos/0.jpg"])
-    neighbours = {"photos/0.jpg": [FakeHit("photos/copy-of-0.jpg", 1.0)]}
+    neighbours = {"photos/0.jpg": [Hit("photos/copy-of-0.jpg", 1.0)]}
     return FakeIndex(vectors, neighbours)
 
 

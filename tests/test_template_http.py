@@ -8,6 +8,7 @@ handler importable, its timeout and reserved concurrency parameters, its own pac
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -64,14 +65,24 @@ def test_the_handler_is_importable_and_built_with_the_http_extra(
     assert "DINOEMBED_EXTRAS=lambda-http infra/build_lambda.sh" in make.stdout
 
 
-def test_it_may_read_images_and_write_nothing(resources: dict[str, Any]) -> None:
+def test_it_may_read_images_and_search_its_index_and_write_nothing(
+    resources: dict[str, Any],
+) -> None:
     statements = iam_statements(resources["SearchFunction"]["Properties"]["Policies"])
     actions = {
         str(a)
         for s in statements
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     }
-    assert actions == {"s3:GetObject"}
+    assert actions == {"s3:GetObject", "s3vectors:QueryVectors", "s3vectors:GetVectors"}
+    (vectors,) = [s for s in statements if "s3vectors:QueryVectors" in s["Action"]]
+    assert vectors["Resource"] == {"Fn::GetAtt": ["VectorIndex", "IndexArn"]}
+
+
+def test_it_is_told_its_index_and_images_bucket(resources: dict[str, Any]) -> None:
+    env = resources["SearchFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["DINOEMBED_SERVE_LOCATION"] == {"Fn::Sub": "s3://${BucketName}/"}
+    assert "VectorIndex" in json.dumps(env["DINOEMBED_VECTOR_INDEX"])
 
 
 def test_pyproject_keeps_the_web_framework_out_of_the_embedding_extra() -> None:

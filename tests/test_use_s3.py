@@ -255,7 +255,7 @@ def test_notification_is_shaped_like_s3s() -> None:
 
 
 def test_queue_mode_compares_with_the_model_files_digest(tiny_model: Path) -> None:
-    from dinoembed.cli.backfill import expected_model
+    from dinoembed.pipeline import expected_model
     from dinoembed.settings import Settings
 
     assert expected_model(Settings(model_path=tiny_model)) == (

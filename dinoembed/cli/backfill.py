@@ -18,11 +18,9 @@ from pathlib import Path
 from dinoembed.cli import output, wiring
 from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
-from dinoembed.model.store import sha256_file
+from dinoembed.pipeline import expected_recipe
 from dinoembed.results.coverage import assess
-from dinoembed.results.schema import ModelInfo
-from dinoembed.results.sidecars import Recipe
-from dinoembed.settings import Preprocess, Settings
+from dinoembed.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,33 +68,6 @@ def write_backfill_manifest(settings: Settings, location: str, out: Path) -> int
     log.info("backfill %s: %d keys in the manifest %s", location, summary.todo, out)
     output.print_json(doc)
     return 0
-
-
-def expected_model(settings: Settings) -> tuple[str, Preprocess]:
-    """The sha256 and preprocessing the function is configured with, without loading it:
-    the file's digest for ``--model``/``DINOEMBED_MODEL_PATH``, else ``DINOEMBED_MODEL_SHA256``."""
-    if settings.model_path is not None and not settings.sha256_is_explicit:
-        try:
-            return sha256_file(settings.model_path), settings.preprocess
-        except OSError as err:
-            raise ConfigError(
-                f"--model {settings.model_path}: cannot read: {err.strerror or err}"
-            ) from err
-    return settings.model_sha256, settings.preprocess
-
-
-def expected_recipe(settings: Settings) -> Recipe:
-    """What a current sidecar must have been made by, from settings alone (no model is
-    loaded or downloaded). Only the sha256 and preprocessing identify a model
-    (:func:`dinoembed.results.sidecars.same_space`); name and input size are descriptive."""
-    sha256, preprocess = expected_model(settings)
-    model = ModelInfo(
-        name=settings.model_name,
-        sha256=sha256,
-        preprocess=preprocess,
-        input_size=DEFAULT_INPUT_SIZE,
-    )
-    return Recipe(model, settings.normalize)
 
 
 def backfill_s3(settings: Settings, location: str, queue_url: str | None) -> int:

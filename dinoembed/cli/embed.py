@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dinoembed.cli import wiring
-from dinoembed.cli.backfill import expected_recipe
 from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
 from dinoembed.images.files import expand_paths, subfolders
 from dinoembed.images.pathfilter import PathFilter
-from dinoembed.pipeline import Pipeline, local_item
+from dinoembed.pipeline import Pipeline, expected_recipe, local_item
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import (
     Recipe,

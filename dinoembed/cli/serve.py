@@ -14,12 +14,15 @@ import sys
 from typing import TYPE_CHECKING
 
 from dinoembed.cli import wiring
+from dinoembed.errors import ConfigError
+from dinoembed.results.sidecars import Recipe
 from dinoembed.settings import Settings
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from dinoembed.collections.collection import Collection
+    from dinoembed.collections.index import VectorIndex
     from dinoembed.web.backends import SearchBackend
 
 log = logging.getLogger(__name__)
@@ -59,22 +62,60 @@ def build_app(settings: Settings, location: str | None) -> Starlette:
         from dinoembed.images.decode import DecodeLimits
         from dinoembed.web.app import FORM_OVERHEAD, AppOptions, create_app
         from dinoembed.web.model import ModelHolder
-    backend = None if location is None else collection_backend(settings, location)
+    location = location or settings.serve_location
+    index = None if location is None else wiring.open_index(location, settings)
+    if location is None:
+        backend = None
+    elif index is not None:
+        backend = index_backend(settings, location, index)
+    else:
+        backend = collection_backend(settings, location)
     collection_model = backend.model if backend is not None else None
     if collection_model is not None and "preprocess" not in settings.model_fields_set:
         # image queries are embedded as the collection was
         settings = settings.model_copy(update={"preprocess": collection_model.preprocess})
     raw = settings.model_copy(update={"normalize": False})  # the app normalises per request
     model = ModelHolder(lambda: wiring.pipeline(raw), settings.model_sha256)
-    model.get()
+    loaded = model.get()
+    if index is not None:
+        _check_recipe(index, Recipe(loaded.model, settings.normalize))
     token = settings.serve_token.get_secret_value() if settings.serve_token else ""
     options = AppOptions(
         max_body_bytes=settings.max_bytes + FORM_OVERHEAD,
         limits=DecodeLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_bytes),
         token=token or None,  # an empty DINOEMBED_SERVE_TOKEN means unset
         normalize=settings.normalize,
+        dupes_threshold=settings.dupes_threshold,
     )
     return create_app(model, backend, options)
+
+
+def _check_recipe(index: VectorIndex, recipe: Recipe) -> None:
+    """A query must be embedded as the index's vectors were (SPEC section 10): refuse to
+    serve an index named for another recipe, naming the one this model needs."""
+    from dinoembed.collections.index import index_name
+
+    needed = index_name(recipe)
+    if index.name.rsplit("/", 1)[-1] != needed:
+        raise ConfigError(
+            f"{index.name} holds another recipe's vectors: the model {recipe.model.name} "
+            f"(sha256 {recipe.model.sha256[:12]}…, {recipe.model.preprocess}) needs the index "
+            f"{needed} (--model, --preprocess or --index)"
+        )
+
+
+def index_backend(settings: Settings, location: str, index: VectorIndex) -> SearchBackend:
+    """A bucket searched through its vector index; thumbnails read from the bucket."""
+    from dinoembed.web.backends import IndexBackend
+
+    source = wiring.open_source(location, settings)
+
+    def read_image(key: str, limit: int) -> bytes:
+        with source.open_image(key + settings.output_suffix) as fh:  # the image of that key
+            return fh.read(limit + 1)
+
+    log.info("%s: searched through the vector index %s", location, index.name)
+    return IndexBackend(index, read_image)
 
 
 def collection_backend(settings: Settings, location: str) -> SearchBackend:

@@ -2,7 +2,7 @@
 
 The counting is :func:`dinoembed.results.coverage.assess` (the currency rule of
 :mod:`dinoembed.results.sidecars`); the model a sidecar must have been made by comes from the
-settings without loading or downloading it (:func:`~dinoembed.cli.backfill.expected_recipe`).
+settings without loading or downloading it (:func:`~dinoembed.pipeline.expected_recipe`).
 Exit status: 0 when every image has a current success sidecar, 1 when any is missing,
 stale or failed, 2 when the command cannot run (main's handling of DinoEmbedError).
 """
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from dinoembed.cli import output, wiring
-from dinoembed.cli.backfill import expected_recipe
+from dinoembed.pipeline import expected_recipe
 from dinoembed.results.coverage import Coverage, assess
 from dinoembed.settings import Settings
 

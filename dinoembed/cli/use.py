@@ -320,7 +320,7 @@ def current_sidecar(
     """The query image's own sidecar when it still describes the image (the core's currency
     rule) and was made by the configured model, which is the collection's: the answer is
     then the one the model would give, without loading (or downloading) it."""
-    from dinoembed.cli.backfill import expected_model
+    from dinoembed.pipeline import expected_model
 
     if collection.model is None or image.name.endswith(settings.output_suffix):
         return None

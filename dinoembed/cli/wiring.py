@@ -198,16 +198,9 @@ def open_s3_index(location: str, settings: Settings) -> S3VectorsIndex | None:
     if settings.vector_bucket is None:
         return None
     from dinoembed.collections.index import index_name
-    from dinoembed.results.schema import ModelInfo
-    from dinoembed.results.sidecars import Recipe
+    from dinoembed.pipeline import expected_recipe
 
-    model = ModelInfo(
-        name=settings.model_name,
-        sha256=settings.model_sha256,
-        preprocess=settings.preprocess,
-        input_size=224,
-    )
-    name = index_name(Recipe(model, settings.normalize))
+    name = index_name(expected_recipe(settings))
     return S3VectorsIndex(make_vectors_client(), settings.vector_bucket, name)
 
 

@@ -4,8 +4,9 @@
 a :class:`~dinoembed.collections.collection.Collection` (exact cosine, ``similarity.top_k``),
 its duplicates computed on the spot from the vectors (every image at or above the duplicate
 threshold: what the index records when an image lands, SPEC section 10). :class:`IndexBackend`
-wraps anything shaped like the S3 Vectors index (:class:`VectorIndexLike`: structural, so
-the core needs no import from the AWS adapter), its duplicates being the recorded neighbours.
+wraps a bucket's vector index (:class:`~dinoembed.collections.index.VectorIndex`, the core's
+protocol; the S3 Vectors client behind it comes from the host), its duplicates being the
+neighbours recorded when each image landed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from dinoembed.collections.collection import Collection
+from dinoembed.collections.index import MAX_TOP_K, VectorIndex
 from dinoembed.collections.similarity import top_k as best_rows
 from dinoembed.common.vectors import normalize_rows
 from dinoembed.errors import PermanentError, SourceGoneError
@@ -186,39 +188,12 @@ class CollectionBackend:
         return self._open_image(key + self._suffix, limit)
 
 
-class Hit(Protocol):
-    """What the index answers per vector (``dinoembed.collections.index.Hit``)."""
-
-    @property
-    def key(self) -> str: ...
-
-    @property
-    def score(self) -> float: ...
-
-
-class VectorIndexLike(Protocol):
-    """The S3 Vectors index as the app uses it (``dinoembed.collections.index.VectorIndex``)."""
-
-    @property
-    def name(self) -> str: ...
-
-    def query(self, vector: Sequence[float], *, top_k: int, prefix: str = "") -> Sequence[Hit]: ...
-
-    def vector_of(self, key: str) -> list[float] | None: ...
-
-    def neighbours_of(self, key: str) -> Sequence[Hit] | None: ...
-
-
-# The service's limit on one query (SPEC section 10); the index module enforces it too.
-INDEX_MAX_TOP_K = 100
-
-
 class IndexBackend:
     """A bucket's vector index; images (for thumbnails) read through ``open_image``."""
 
     def __init__(
         self,
-        index: VectorIndexLike,
+        index: VectorIndex,
         open_image: Callable[[str, int], bytes],
         *,
         model: ModelInfo | None = None,
@@ -237,7 +212,7 @@ class IndexBackend:
 
     @property
     def max_top_k(self) -> int | None:
-        return INDEX_MAX_TOP_K
+        return MAX_TOP_K
 
     def search(
         self,
@@ -248,9 +223,9 @@ class IndexBackend:
         prefix: str = "",
         exclude: str | None = None,
     ) -> list[Match]:
-        if top_k > INDEX_MAX_TOP_K:
-            raise BadQueryError(f"top_k {top_k}: an S3 Vectors index answers at most 100")
-        ask = min(top_k + (exclude is not None), INDEX_MAX_TOP_K)
+        if top_k > MAX_TOP_K:
+            raise BadQueryError(f"top_k {top_k}: an S3 Vectors index answers at most {MAX_TOP_K}")
+        ask = min(top_k + (exclude is not None), MAX_TOP_K)
         q = _query(vector, len(vector)).tolist()
         hits = self._index.query(q, top_k=ask, prefix=prefix)
         found = [
