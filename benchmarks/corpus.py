@@ -4,6 +4,7 @@
   rotation), real photos from scikit-image / scikit-learn upscaled with seeded
   noise so that no two files are alike and the decoder has real detail to chew on.
 * ``small``: ~1 MP PNG / JPEG / WebP files made the same way.
+* ``tiny``: 0.27 MP (600x450) PNG / JPEG / WebP files, as thumbnails and web images.
 
 Files are regenerated only when the recipe changes (a manifest records it), so a
 second benchmark run starts at once. The same recipe gives the same bytes.
@@ -34,6 +35,7 @@ class CorpusSpec:
 
 LARGE = CorpusSpec("large", 64, (4000, 3000), ("JPEG",), noise=12, exif_every=5)
 SMALL = CorpusSpec("small", 48, (1152, 864), ("PNG", "JPEG", "WEBP"), noise=4)
+TINY = CorpusSpec("tiny", 96, (600, 450), ("PNG", "JPEG", "WEBP"), noise=4)  # 0.27 MP
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 
 

@@ -115,7 +115,7 @@ class MotoServer:
         self._log.close()
 
 
-def _sqs_event(bucket: str, objects: list[tuple[str, int, str]]) -> dict[str, Any]:
+def sqs_event(bucket: str, objects: list[tuple[str, int, str]]) -> dict[str, Any]:
     records = []
     for i, (key, size, etag) in enumerate(objects):
         s3 = {"bucket": {"name": bucket}, "object": {"key": key, "size": size, "eTag": etag}}
@@ -167,7 +167,7 @@ def lambda_batch(bench: Bench, corpus: Corpus, work: Path, rep: int, s: Samples)
                 etag = client.put_object(Bucket="bench", Key=key, Body=path.read_bytes())["ETag"]
                 objects.append((key, path.stat().st_size, etag.strip('"')))
             event_path = work / f"sqs-{phase}.json"
-            event_path.write_text(json.dumps(_sqs_event("bench", objects)))
+            event_path.write_text(json.dumps(sqs_event("bench", objects)))
             events.append(event_path)
         result_path = work / "lambda-result.json"
         cmd = [procs.python(), "-m", "benchmarks.lambda_invoke", str(result_path)]
@@ -253,3 +253,21 @@ def lambda_bundled_cold(bench: Bench, package: BundledPackage, s: Samples) -> No
     report = json.loads(result.stdout)
     s.add("lambda_bundled_cold_s", report["cold_s"])
     s.add("lambda_bundled_floor_s", report["floor_s"])
+
+
+def lambda_memory(
+    bench: Bench, package: BundledPackage, corpus: Corpus, s: Samples, notes: list[str]
+) -> None:
+    """The package's warm ms/img under each memory size's CPU share (benchmarks/lambda_memory.py);
+    a note instead when no CPU quota can be set here."""
+    cmd = [procs.python(), "-m", "benchmarks.lambda_memory", str(package.artifact)]
+    cmd += [*map(str, corpus.files[:10]), "--python", package.python312]
+    report = json.loads(bench.timed(cmd, s, procs.clean_env()).stdout.splitlines()[-1])
+    if "skipped" in report:
+        note = f"Lambda memory-size rows skipped: {report['skipped']}"
+        if note not in notes:
+            notes.append(note)
+        return
+    s.add("lambda_mem_free_ms", report["free"])
+    for size, ms in report["sizes"].items():
+        s.add(f"lambda_mem_{size}_ms", ms)

@@ -1,12 +1,14 @@
 """Lambda cold start from a built package with a bundled model, against the floor.
 
-Usage: python -m benchmarks.lambda_bundled ARTIFACT [--reps N] [--python PY312]
+Usage: python -m benchmarks.lambda_bundled ARTIFACT [--reps N] [--python PY312] [--breakdown]
 (``python -m benchmarks.run --lambda-artifact ARTIFACT`` runs it as two rows, once per
 repetition, interleaved with the others.)
 
 ARTIFACT is a package built with ``DINOEMBED_BUNDLE_MODEL=... infra/build_lambda.sh``.
 Each repetition starts a fresh Python 3.12 (the Lambda runtime's version) with only the
-package (and a runtime-like boto3 after it) on its path, as Lambda does, and times:
+package (and a runtime-like boto3 after it, its bytecode compiled for 3.12 as the runtime's
+own is) on its path, as Lambda does, and times from process start to the line holding
+the response (the process's exit is no part of a cold start):
 
 - ``cold``: process start -> the handler's response to one S3 event for one JPEG
   (imports, settings, the bundled model found and loaded, one image embedded, the
@@ -15,7 +17,10 @@ package (and a runtime-like boto3 after it) on its path, as Lambda does, and tim
   the same package, create the session on the bundled model, run once
   (benchmarks/floor.py); nothing a real tool could skip.
 
-Prints one JSON object with the medians and every sample, in seconds.
+Prints one JSON object with the medians and every sample, in seconds. With
+``--breakdown``, each cold sample also reports when each step of the first invocation
+ran (imports, settings, client, model load, S3 calls, decode, inference), milliseconds
+from the interpreter's start (``"breakdown"`` in the JSON).
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
 from PIL import Image
+
+from benchmarks import procs
 
 FLOOR = Path(__file__).with_name("floor.py")
 PYENV_VERSION = "3.12.1:3.11.7"  # what tests/test_lambda_artifact.py uses
@@ -46,6 +53,51 @@ sys.path.insert(0, artifact)
 sys.path.append(runtime)
 from dinoembed.handler.app import lambda_handler
 print(json.dumps(lambda_handler(json.load(open(event)), None)), flush=True)
+"""
+# The same, with each step of the first invocation stamped on the system-wide monotonic
+# clock (the harness makes them relative to the process's start).
+BREAKDOWN = """
+import functools, json, sys, time
+spans = [["interpreter up (runner starts)", time.monotonic(), 0.0]]
+def stamp(label, start):
+    spans.append([label, start, time.monotonic() - start])
+def wrap(owner, attr, label):
+    orig = getattr(owner, attr, None)
+    if orig is None:
+        return
+    @functools.wraps(orig)
+    def timed(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            stamp(label, start)
+    setattr(owner, attr, timed)
+artifact, runtime, event = sys.argv[1:4]
+sys.path.insert(0, artifact)
+sys.path.append(runtime)
+start = time.monotonic()
+from dinoembed.handler import app
+stamp("import dinoembed.handler.app", start)
+from dinoembed.handler import s3io
+from dinoembed import pipeline
+for owner, attr, label in (
+    (app, "runtime", "runtime() (first call: settings, logger, metrics)"),
+    (s3io, "make_client", "S3 client (boto3 import + client)"),
+    (app, "make_client", "S3 client (boto3 import + client)"),
+    (pipeline, "create_session", "ONNX Runtime session"),
+    (s3io.S3Objects, "read_sidecar", "GET sidecar"),
+    (s3io.S3Objects, "read", "GET image"),
+    (pipeline.Pipeline, "_prepare", "decode + preprocess"),
+    (pipeline.Pipeline, "_infer", "first inference"),
+    (s3io.S3Objects, "put_sidecar", "PUT sidecar"),
+    (app, "publish", "metrics flush"),
+):
+    wrap(owner, attr, label)
+start = time.monotonic()
+response = app.lambda_handler(json.load(open(event)), None)
+stamp("lambda_handler (first invocation)", start)
+print(json.dumps({"response": response, "breakdown": spans}), flush=True)
 """
 FLOOR_RUNNER = """
 import runpy, sys
@@ -84,8 +136,10 @@ def python312() -> str | None:
     return None
 
 
-def runtime_dir(where: Path) -> Path:
-    """boto3 and its pure-Python dependencies, as Lambda's /var/runtime provides them."""
+def runtime_dir(where: Path, python: str) -> Path:
+    """boto3 and its pure-Python dependencies, as Lambda's /var/runtime provides them:
+    compiled for the runtime's Python (the runtime image ships their bytecode; without it
+    every sample would compile botocore from source, which Lambda never does)."""
     site = Path(boto3.__file__).parent.parent
     runtime = where / "var-runtime"
     runtime.mkdir()
@@ -95,17 +149,27 @@ def runtime_dir(where: Path) -> Path:
             shutil.copytree(source, runtime / name)
         else:
             shutil.copy2(source, runtime / name)
+    compile_all = [python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode"]
+    subprocess.run([*compile_all, "unchecked-hash", str(runtime)], capture_output=True, check=True)
     return runtime
 
 
-def timed(command: list[str], env: dict[str, str], expect: str) -> float:
-    """Seconds from process start to exit; the run must have printed ``expect``."""
-    start = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0 or expect not in proc.stdout:
+def timed(command: list[str], env: dict[str, str], expect: str) -> tuple[float, procs.ProcResult]:
+    """Seconds from process start to the line holding ``expect`` (the response), and the run."""
+    proc = procs.run(command, env, check=False)
+    seconds = proc.line_time(expect)
+    if proc.returncode != 0 or seconds is None:
         raise RuntimeError(proc.stdout[-1000:] + proc.stderr[-2000:])
-    return seconds
+    return seconds, proc
+
+
+def breakdown(proc: procs.ProcResult) -> list[tuple[str, float, float]]:
+    """The BREAKDOWN runner's steps: (label, ms from process start, ms taken)."""
+    spans = json.loads(proc.stdout.splitlines()[-1])["breakdown"]
+    return [
+        (label, round(1000 * (at - proc.forked_at), 1), round(1000 * took, 1))
+        for label, at, took in spans
+    ]
 
 
 def main(argv: list[str]) -> int:
@@ -113,6 +177,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--python", help="the Lambda runtime's Python 3.12 (default: found)")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="stamp each step of the first invocation"
+    )
     args = parser.parse_args(argv)
     args.python = args.python or python312()
     if args.python is None:
@@ -126,6 +193,7 @@ def main(argv: list[str]) -> int:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     samples: dict[str, list[float]] = {"cold": [], "floor": []}
+    breakdowns: list[Any] = []
     try:
         host, port = server.get_host_and_port()
         endpoint = f"http://{host}:{port}"
@@ -139,7 +207,7 @@ def main(argv: list[str]) -> int:
         s3.create_bucket(Bucket="bench")
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            runtime = runtime_dir(work)
+            runtime = runtime_dir(work, args.python)
             for rep in range(args.reps):
                 key = f"cold/{rep}.jpg"
                 etag = s3.put_object(Bucket="bench", Key=key, Body=jpeg.getvalue())["ETag"]
@@ -167,10 +235,14 @@ def main(argv: list[str]) -> int:
                 # -B: /var/task is read-only on Lambda, so a run must not leave .pyc files in the
                 # package for the next sample to find: only what the build put there counts
                 python = [args.python, "-I", "-S", "-B", "-c"]
-                cold = [*python, COLD, str(args.artifact), str(runtime), str(event)]
-                samples["cold"].append(timed(cold, env, '"embedded": 1'))
+                script = BREAKDOWN if args.breakdown else COLD
+                cold = [*python, script, str(args.artifact), str(runtime), str(event)]
+                seconds, run = timed(cold, env, '"embedded": 1')
+                samples["cold"].append(seconds)
+                if args.breakdown:
+                    breakdowns.append(breakdown(run))
                 floor = [*python, FLOOR_RUNNER, str(args.artifact), str(FLOOR), str(model)]
-                samples["floor"].append(timed(floor, env, "(1, "))
+                samples["floor"].append(timed(floor, env, "(1, ")[0])
     finally:
         server.stop()
     report = {
@@ -180,6 +252,8 @@ def main(argv: list[str]) -> int:
         "floor_s": round(statistics.median(samples["floor"]), 3),
         "samples": {k: [round(v, 3) for v in vs] for k, vs in samples.items()},
     }
+    if breakdowns:
+        report["breakdown"] = breakdowns
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
 

@@ -47,6 +47,15 @@ class ProcResult:
     returncode: int
     stdout: str
     stderr: str
+    forked_at: float = 0.0  # time.monotonic() when the command was started (system-wide clock)
+    line_times: tuple[float, ...] = ()  # process start -> each stdout line, seconds
+
+    def line_time(self, text: str) -> float | None:
+        """Process start -> the first stdout line containing ``text``, seconds."""
+        for line, seconds in zip(self.stdout.splitlines(), self.line_times, strict=False):
+            if text in line:
+                return seconds
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +111,7 @@ def run(
         stamps: list[float] = []
         out: list[bytes] = []
         for line in proc.stdout:
-            if not stamps:
-                stamps.append(time.monotonic())
+            stamps.append(time.monotonic())
             out.append(line)
         _, status, usage = os.wait4(proc.pid, 0)
         ended = time.monotonic()
@@ -122,7 +130,10 @@ def run(
     ours = usage.ru_utime + usage.ru_stime
     others = max(0.0, (busy1 - busy0 - ours) / max(total1 - total0, 1e-9))
     code = proc.returncode
-    result = ProcResult(started_at, wall, first, len(out), rss, others, code, text, stderr)
+    times = tuple(stamp - start for stamp in stamps)
+    result = ProcResult(
+        started_at, wall, first, len(out), rss, others, code, text, stderr, start, times
+    )
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}: {stderr[-2000:]}")
     return result

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import frontends, procs, report, serve, suites
-from benchmarks.corpus import LARGE, SMALL, CorpusSpec, generate
+from benchmarks.corpus import LARGE, SMALL, TINY, CorpusSpec, generate
 
 HERE = Path(__file__).resolve().parent
 SMOKE_LARGE = CorpusSpec("smoke-large", 3, (1024, 768), ("JPEG",), noise=12, exif_every=3)
 SMOKE_SMALL = CorpusSpec("smoke-small", 3, (320, 240), ("PNG", "JPEG", "WEBP"), noise=4)
+SMOKE_TINY = CorpusSpec("smoke-tiny", 3, (160, 120), ("PNG", "JPEG", "WEBP"), noise=4)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Plan:
     small_count: int
     burst: int
     frontends: bool
+    tiny: CorpusSpec
+    tiny_count: int
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -46,6 +49,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="interleaved repetitions (default 3)")
     p.add_argument("--large", type=int, help="12 MP JPEGs (default 64)")
     p.add_argument("--small", type=int, help="~1 MP images (default 48)")
+    p.add_argument("--tiny", type=int, help="0.27 MP images (default 96)")
     p.add_argument("--burst", type=int, help="images in the watcher burst (default 500)")
     p.add_argument("--batch-size", type=int, help="engine batch size (default: dinoembed's)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads (default: dinoembed's)")
@@ -85,11 +89,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.smoke:
-        plan = Plan(1, SMOKE_LARGE, SMOKE_SMALL, 3, 3, 3, True)
+        plan = Plan(1, SMOKE_LARGE, SMOKE_SMALL, 3, 3, 3, True, SMOKE_TINY, 3)
     elif args.quick:
-        plan = Plan(1, LARGE, SMALL, 16, 12, 48, True)
+        plan = Plan(1, LARGE, SMALL, 16, 12, 48, True, TINY, 24)
     else:
-        plan = Plan(3, LARGE, SMALL, 64, 48, 500, True)
+        plan = Plan(3, LARGE, SMALL, 64, 48, 500, True, TINY, 96)
     return Plan(
         args.reps or plan.reps,
         plan.large,
@@ -98,6 +102,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         args.small or plan.small_count,
         args.burst or plan.burst,
         not args.no_frontends,
+        plan.tiny,
+        args.tiny or plan.tiny_count,
     )
 
 
@@ -168,6 +174,7 @@ def machine(plan: Plan, batch_size: int, models: Models) -> dict[str, Any]:
         "repetitions": plan.reps,
         "large_count": plan.large_count,
         "small_count": plan.small_count,
+        "tiny_count": plan.tiny_count,
         "burst_count": plan.burst,
         "load_average_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
@@ -182,8 +189,9 @@ def one_rep(
     corpora: dict[str, suites.Corpus],
     s: suites.Samples,
     bundled: frontends.BundledPackage | None = None,
+    notes: list[str] | None = None,
 ) -> None:
-    large, small = corpora["large"], corpora["small"]
+    large, small, tiny = corpora["large"], corpora["small"], corpora["tiny"]
     batch = bench.batch_size
     log(f"rep {rep + 1}/{plan.reps}: model only")
     images = max(2 * batch, 32)
@@ -192,6 +200,9 @@ def one_rep(
     s.add("int8_model_ms", suites.model_only(bench, models.int8, batch, images, s))
     s.add("dyn_model_bN_ms", suites.model_only(bench, models.dynamic, batch, images, s))
     s.add("dyn_model_b1_ms", suites.model_only(bench, models.dynamic, 1, 8, s))
+    log(f"rep {rep + 1}/{plan.reps}: physical limits ((model CPU + decode CPU) / cores)")
+    for corpus in (large, small, tiny):
+        suites.physical_limit(bench, corpus, s, f"limit_{corpus.name}")
     log(f"rep {rep + 1}/{plan.reps}: 12 MP corpus")
     suites.ours_e2e(bench, large, bench.model, s, "ours_large")
     suites.seed_e2e(bench, large, s, "seed_large")
@@ -200,6 +211,9 @@ def one_rep(
     log(f"rep {rep + 1}/{plan.reps}: ~1 MP corpus")
     suites.ours_e2e(bench, small, bench.model, s, "ours_small")
     suites.seed_e2e(bench, small, s, "seed_small")
+    log(f"rep {rep + 1}/{plan.reps}: 0.27 MP corpus")
+    suites.ours_e2e(bench, tiny, bench.model, s, "ours_tiny")
+    suites.seed_e2e(bench, tiny, s, "seed_tiny")
     suites.cold_floor(bench, s)
     suites.cold_cached(bench, sha256, large.files[0], s)
     if plan.frontends:
@@ -214,6 +228,8 @@ def one_rep(
         if bundled is not None:
             log(f"rep {rep + 1}/{plan.reps}: Lambda cold start, bundled model")
             frontends.lambda_bundled_cold(bench, bundled, s)
+            log(f"rep {rep + 1}/{plan.reps}: Lambda memory sizes (CPU quotas)")
+            frontends.lambda_memory(bench, bundled, large, s, notes if notes is not None else [])
 
 
 def lambda_package(
@@ -273,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         "small": suites.Corpus.make(
             "small", generate(out / "corpus", plan.small, plan.small_count), out / "runs"
         ),
+        "tiny": suites.Corpus.make(
+            "tiny", generate(out / "corpus", plan.tiny, plan.tiny_count), out / "runs"
+        ),
     }
     bundled = lambda_package(args, plan, model, out, notes)
     quiet = 0.0 if args.smoke else args.quiet_wait
@@ -281,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = machine(plan, args.batch_size, models)
     samples = suites.Samples()
     for rep in range(plan.reps):
-        one_rep(rep, sha256, plan, bench, models, corpora, samples, bundled)
+        one_rep(rep, sha256, plan, bench, models, corpora, samples, bundled, notes)
     meta["load_average_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     others = samples.values.get("others_share", [0.0])
     meta["other processes' share of the CPUs during the timed runs"] = (

@@ -88,6 +88,17 @@ def model_only(bench: Bench, model: Path, batch: int, images: int, s: Samples) -
     return float(json.loads(result.stdout)["ms_per_image"])
 
 
+def physical_limit(bench: Bench, corpus: Corpus, s: Samples, key: str) -> None:
+    """(model CPU + decode CPU) per image / cores for the corpus (benchmarks/limit.py)."""
+    cmd = [procs.python(), "-m", "benchmarks.limit", str(bench.model), *map(str, corpus.files)]
+    if bench.threads:
+        cmd += ["--threads", str(bench.threads)]
+    report = json.loads(bench.timed(cmd, s).stdout)
+    s.add(f"{key}_ms", float(report["limit_ms"]))
+    s.add(f"{key}_model_cpu_ms", float(report["model_cpu_ms"]))
+    s.add(f"{key}_decode_cpu_ms", float(report["decode_cpu_ms"]))
+
+
 def ours_e2e(bench: Bench, corpus: Corpus, model: Path, samples: Samples, key: str) -> None:
     """``dinoembed embed --write-sidecars`` over the folder, and over its first file alone."""
     corpus.clear_outputs()

@@ -33,7 +33,7 @@ from dinoembed.errors import (
 from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode_image
 from dinoembed.images.transforms import preprocess
 from dinoembed.model.engine import Engine, available_cpus, create_session, is_standin
-from dinoembed.model.store import ModelSource, ModelStore, sha256_file
+from dinoembed.model.store import ModelSource, ModelStore, ResolvedModel, sha256_file
 from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
 from dinoembed.results.sidecars import Recipe
 from dinoembed.settings import Preprocess, Settings
@@ -276,15 +276,34 @@ class Pipeline:
         )
 
 
-def build_pipeline(settings: Settings, store: ModelStore | None = None) -> Pipeline:
-    """Resolve the model and assemble the pipeline from settings (one call per process)."""
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A resolved model and the engine on its session: the slow part of building a pipeline
+    (creating the session), which an entry point may do ahead of time, e.g. on a
+    background thread while it imports the rest of what it needs."""
+
+    resolved: ResolvedModel
+    engine: Engine
+
+
+def load_model(settings: Settings, store: ModelStore | None = None) -> LoadedModel:
+    """Resolve the model (downloading it if needed) and create its ONNX Runtime session."""
     store = store or ModelStore(settings.cache_dir)
     resolved = store.resolve(ModelSource.from_settings(settings))
+    session = create_session(resolved.path, settings.threads or available_cpus())
+    return LoadedModel(resolved, Engine(session, normalize=settings.normalize))
+
+
+def build_pipeline(
+    settings: Settings, store: ModelStore | None = None, *, loaded: LoadedModel | None = None
+) -> Pipeline:
+    """Resolve the model and assemble the pipeline from settings (one call per process);
+    ``loaded``: a model :func:`load_model` already loaded for these settings."""
+    loaded = loaded or load_model(settings, store)
+    resolved, engine = loaded.resolved, loaded.engine
     cpus = available_cpus()
-    session = create_session(resolved.path, settings.threads or cpus)
-    engine = Engine(session, normalize=settings.normalize)
     name = resolved.name
-    if is_standin(session):
+    if is_standin(engine.session):
         log.warning(
             "%s is a stand-in model with random weights: its embeddings are meaningless "
             "(fine for tests and benchmarks only)",

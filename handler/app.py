@@ -16,10 +16,17 @@ Lambda's retries and the failure destination / DLQ take over.
 
 from __future__ import annotations
 
+# First of all, before ~0.3 s of boto3/botocore/Powertools imports that hold the GIL: start
+# creating the ONNX Runtime session of a model that needs no download (bundled, or a local
+# path) on a background thread, so the two overlap (dinoembed.handler.preload). The
+# imports below this call are therefore not at the top of the module (E402, pyproject.toml).
+from dinoembed.handler.preload import ModelPreload, lambda_settings, start_preload
+
+_preload: ModelPreload | None = start_preload()
+
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -36,7 +43,7 @@ from dinoembed.handler.process import Processor, Report
 from dinoembed.handler.s3io import S3Objects, make_client
 from dinoembed.handler.vectors import S3VectorsIndex, make_vectors_client
 from dinoembed.model.store import ModelStore
-from dinoembed.pipeline import Pipeline, build_pipeline
+from dinoembed.pipeline import LoadedModel, Pipeline, build_pipeline
 from dinoembed.results.sidecars import Recipe
 from dinoembed.settings import Settings
 
@@ -61,7 +68,8 @@ class Runtime:
         with self._lock:
             if self._embedder is None:
                 store = ModelStore(self.settings.cache_dir, fetchers_with_s3(self.s3_client))
-                self._embedder = build_pipeline(self.settings, store=store)
+                loaded = _take_preload(self.settings)
+                self._embedder = build_pipeline(self.settings, store=store, loaded=loaded)
                 self.model_loads += 1
             return self._embedder
 
@@ -87,18 +95,13 @@ class RetryError(TransientError):
 
 _runtime: Runtime | None = None
 
-# The deployment package's root (LAMBDA_TASK_ROOT, /var/task): this file is
-# <root>/dinoembed/handler/app.py there. infra/build_lambda.sh puts a bundled model
-# in <root>/model/.
-PACKAGE_ROOT = Path(__file__).parent.parent.parent
 
-
-def lambda_settings() -> Settings:
-    """The settings from ``DINOEMBED_*``, looking for a bundled model in the package."""
-    settings = Settings()
-    if "bundle_dir" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"bundle_dir": PACKAGE_ROOT / "model"})
-    return settings
+def _take_preload(settings: Settings) -> LoadedModel | None:
+    """The model loaded at import (once; None when there was none or it was loaded for
+    other settings). A failed preload is raised here once; the next invocation loads anew."""
+    global _preload
+    preload, _preload = _preload, None
+    return preload.take(settings) if preload is not None else None
 
 
 def runtime() -> Runtime:
@@ -124,8 +127,9 @@ def make_indexer(settings: Settings) -> Indexer | None:
 
 def reset() -> None:
     """Forget the state (a fresh cold start); for tests and local experiments."""
-    global _runtime
+    global _runtime, _preload
     _runtime = None
+    _preload = None
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools.utilities.data_classes import S3BatchOperationEvent
-
 from dinoembed.errors import PermanentError
 
 Kind = Literal["s3", "sqs", "sns", "eventbridge", "test", "batch"]
@@ -197,6 +195,10 @@ def _batch_invocation(event: Mapping[str, Any]) -> Invocation:
     Keys are URL-encoded in the invocation as in the manifest; Powertools' ``s3_key``
     decodes them with ``unquote_plus``, as AWS's own example function does.
     """
+    # Imported here: Powertools' data_classes package imports every event class it has
+    # (~25 ms), which no other kind of invocation needs on its cold start.
+    from aws_lambda_powertools.utilities.data_classes import S3BatchOperationEvent
+
     parsed = S3BatchOperationEvent(dict(event))
     try:
         version = str(parsed.invocation_schema_version)

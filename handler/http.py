@@ -23,9 +23,9 @@ from mangum import Mangum
 
 from dinoembed.collections.index import index_name
 from dinoembed.common.logs import capture_library_warnings
-from dinoembed.handler.app import lambda_settings
 from dinoembed.handler.collection_s3 import parse_s3_uri
 from dinoembed.handler.model_fetch import fetchers_with_s3
+from dinoembed.handler.preload import lambda_settings  # not .app: its import preloads its model
 from dinoembed.handler.s3io import S3Objects, make_client
 from dinoembed.handler.vectors import S3VectorsIndex, make_vectors_client
 from dinoembed.images.decode import DecodeLimits

@@ -136,7 +136,29 @@ def test_the_bundled_lambda_rows_and_their_ratio_are_reported_when_measured() ->
     for rendered in (text, markdown):
         assert "6. Lambda cold start, bundled model" in rendered
         assert "6. same package's floor" in rendered
-        assert "Lambda cold start with the bundled model: 2.50 x its floor" in rendered
+        assert "Lambda cold start, bundled model <= 1.5 x its floor" in rendered
+        assert "2.50 (target <= 1.5)" in rendered
+
+
+def test_the_memory_sizes_are_priced_and_the_cheapest_fast_enough_one_is_chosen() -> None:
+    # GIVEN warm ms/img per memory size: 1769 MB (1 vCPU) at 100, 2048 at 90, 3008 at 60,
+    # 3538 at 55 (2 vCPU, the best), and 50 without a quota
+    values = {
+        "lambda_mem_free_ms": [50.0],
+        "lambda_mem_1769_ms": [100.0],
+        "lambda_mem_2048_ms": [90.0],
+        "lambda_mem_3008_ms": [60.0],
+        "lambda_mem_3538_ms": [55.0],
+    }
+    rows, chosen = report.memory_sizes(report.summarize(values))
+    # THEN only 3008 (55/60 = 0.917) and 3538 keep >= 90% of the best throughput, and
+    # 3008 costs less per image: 3008/1024 GB x 0.060 s = 0.17625 GB-s < 3538/1024 x 0.055
+    assert chosen == 3008
+    # AND the price is GB-seconds x $0.0000166667 plus $0.20 per million 10-image requests
+    by_size = {row[0].strip("*"): row for row in rows[1:]}
+    expected = 1e6 * (3008 / 1024 * 0.060 * 0.0000166667 + 0.20 / 1e6 / 10)
+    assert by_size["3008"][6] == f"{expected:.2f}"
+    assert by_size["1769"][3] == "0.50"  # throughput vs no quota: 50 / 100
 
 
 def test_without_a_package_the_bundled_rows_are_skipped_with_the_reason(tmp_path: Path) -> None:

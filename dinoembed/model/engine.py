@@ -178,6 +178,13 @@ class Engine:
     def input_size(self) -> int:
         return self.spec.input_size
 
+    def warm_up(self) -> None:
+        """One run on a blank image. ONNX Runtime's first run of a session is several times
+        slower than the next ones (it allocates its arena and starts its thread pool); an
+        entry point that loads the model ahead of time pays that there, not on its first
+        image."""
+        self._run(np.zeros((1, 3, self.input_size, self.input_size), dtype=np.float32))
+
     def embed(self, batch: Tensor) -> Tensor:
         """[N, 3, S, S] -> [N, D] (L2-normalised when asked)."""
         if batch.ndim != 4 or batch.shape[1:] != (3, self.input_size, self.input_size):
