@@ -86,13 +86,14 @@ class SimS3:
         return self
 
     def paginate(self, Bucket: str, Prefix: str) -> Iterator[dict[str, Any]]:  # noqa: N803
-        objects = []
-        for i in range(self.n):
-            objects.append({"Key": key(i), "ETag": etag(i), "Size": 1000 + i})
-            objects.append({"Key": key(i) + SUFFIX, "ETag": etag(i, 9), "Size": 9000})
-        for start in range(0, len(objects), 1000):
+        """Pages made as they are asked for (the simulation holds no listing of its own)."""
+        for start in range(0, self.n, 500):
             self.calls["ListObjectsV2"] += 1
-            yield {"Contents": objects[start : start + 1000]}
+            page = []
+            for i in range(start, min(start + 500, self.n)):
+                page.append({"Key": key(i), "ETag": etag(i), "Size": 1000 + i})
+                page.append({"Key": key(i) + SUFFIX, "ETag": etag(i, 9), "Size": 9000})
+            yield {"Contents": page}
 
     def get_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:  # noqa: N803
         self.calls["GetObject"] += 1
