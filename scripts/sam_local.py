@@ -558,7 +558,9 @@ class SamLocal:
         (self.work / "logs").mkdir(exist_ok=True)
         start = time.monotonic()
         with (self.work / "logs" / "start-lambda.log").open("wb") as log:
-            # Its own session, so that SIGINT (SAM's clean shutdown) reaches only it.
+            # Its own session, so that SIGINT (SAM's clean shutdown) reaches only it, with
+            # SIGINT's default action: a shell starting us in the background ignores it,
+            # and a Python that starts with SIGINT ignored never raises KeyboardInterrupt.
             process = subprocess.Popen(
                 argv,
                 cwd=self.work,
@@ -566,6 +568,7 @@ class SamLocal:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
         self.processes.append(process)
         try:
@@ -624,7 +627,7 @@ class SamLocal:
                 max(warm),
             )
         finally:
-            stop(process, signal.SIGINT, grace=60)
+            stop(process, signal.SIGINT, grace=30)
             say(f"sam local start-lambda (pid {process.pid}) stopped")
         with self.step("listening sockets after start-lambda: loopback only"):
             self.no_public_listeners("after start-lambda")
