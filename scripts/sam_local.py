@@ -278,6 +278,8 @@ class SamLocal:
 
     def overrides(self, **extra: str) -> list[str]:
         params = {"BucketName": BUCKET, "ModelSha256": self.model_sha256, **extra}
+        if self.arch != "x86_64":  # the template's default; SAM picks the base image by it
+            params["Architecture"] = self.arch
         return ["--parameter-overrides", " ".join(f"{k}={v}" for k, v in params.items())]
 
     def run(
