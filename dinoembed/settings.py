@@ -44,8 +44,14 @@ def default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Configuration shared by the CLI, the Lambda handler and the watcher."""
 
+    # env_ignore_empty: an empty DINOEMBED_* variable means unset (SPEC section 7): `sam local`
+    # passes "" for the template's AWS::NoValue, and "" is no path, URL or number anyway.
     model_config = SettingsConfigDict(
-        env_prefix="DINOEMBED_", frozen=True, extra="ignore", protected_namespaces=()
+        env_prefix="DINOEMBED_",
+        env_ignore_empty=True,
+        frozen=True,
+        extra="ignore",
+        protected_namespaces=(),
     )
 
     model_path: Path | None = None

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.reliability("security review")
 
 ROOT = Path(__file__).parent.parent
 TEMPLATE = ROOT / "template.yaml"
-PACKAGES = ("dinoembed", "handler", "watcher", "infra", "benchmarks")
+PACKAGES = ("dinoembed", "handler", "watcher", "infra", "benchmarks", "scripts")
 
 
 # --- the template -------------------------------------------------------------------------

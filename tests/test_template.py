@@ -388,6 +388,18 @@ def test_parameters_default_to_the_core_settings(template: dict[str, Any]) -> No
     assert env["DINOEMBED_OUTPUT_SUFFIX"] == {"Ref": "OutputSuffix"}
 
 
+def test_env_json_overrides_only_variables_the_template_declares(template: dict[str, Any]) -> None:
+    # SAM passes a function only the variables its template declares: an override in
+    # infra/env.json (`sam local invoke --env-vars`) of any other name is silently dropped.
+    declared = template["Resources"]["EmbedFunction"]["Properties"]["Environment"]["Variables"]
+    overrides = json.loads((ROOT / "infra" / "env.json").read_text())
+    assert set(overrides) == {"EmbedFunction"}
+    assert overrides["EmbedFunction"]
+    assert set(overrides["EmbedFunction"]) <= set(declared)
+    # Deployed, the function talks to AWS itself: the endpoint is empty unless overridden.
+    assert declared["AWS_ENDPOINT_URL"] == ""
+
+
 def test_batch_operations_role_invokes_only_the_function_and_touches_only_its_prefix(
     resources: dict[str, Any], template: dict[str, Any]
 ) -> None:
