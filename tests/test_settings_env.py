@@ -14,7 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from dinoembed.handler import app
+from dinoembed.handler import app, preload
 from dinoembed.handler.s3io import make_client
 from dinoembed.settings import Settings
 from tests.test_lambda_support import aws_test_env
@@ -56,7 +56,7 @@ def test_an_empty_model_path_leaves_the_model_to_the_usual_search(
     # and the package's bundled model folder is still looked at
     assert settings.model_path is None
     assert not settings.sha256_is_explicit
-    assert settings.bundle_dir == app.PACKAGE_ROOT / "model"
+    assert settings.bundle_dir == preload.PACKAGE_ROOT / "model"
 
 
 def test_a_set_value_still_wins(clean_env: pytest.MonkeyPatch) -> None:
