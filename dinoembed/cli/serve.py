@@ -100,7 +100,7 @@ def _check_recipe(index: VectorIndex, recipe: Recipe) -> None:
         raise ConfigError(
             f"{index.name} holds another recipe's vectors: the model {recipe.model.name} "
             f"(sha256 {recipe.model.sha256[:12]}…, {recipe.model.preprocess}) needs the index "
-            f"{needed} (--model, --preprocess or --index)"
+            f"{needed} (--model, --preprocess, or DINOEMBED_VECTOR_INDEX for that index)"
         )
 
 
