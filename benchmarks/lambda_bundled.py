@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,37 @@ def breakdown(proc: procs.ProcResult) -> list[tuple[str, float, float]]:
     ]
 
 
+@contextlib.contextmanager
+def local_s3() -> Iterator[tuple[Any, dict[str, str]]]:
+    """A moto server on 127.0.0.1 with the bucket ``bench``: a client of it, and the
+    environment a packaged function needs to reach it (endpoint, test credentials)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket="bench")
+        yield (
+            s3,
+            {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_LAMBDA_FUNCTION_NAME": "dinoembed-bench",
+            },
+        )
+    finally:
+        server.stop()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("artifact", type=Path)
@@ -190,61 +222,42 @@ def main(argv: list[str]) -> int:
 
     jpeg = io.BytesIO()
     Image.fromarray(data.astronaut()).save(jpeg, "JPEG", quality=90)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
     samples: dict[str, list[float]] = {"cold": [], "floor": []}
     breakdowns: list[Any] = []
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(Bucket="bench")
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            runtime = runtime_dir(work, args.python)
-            for rep in range(args.reps):
-                key = f"cold/{rep}.jpg"
-                etag = s3.put_object(Bucket="bench", Key=key, Body=jpeg.getvalue())["ETag"]
-                record = {
-                    "eventSource": "aws:s3",
-                    "eventName": "ObjectCreated:Put",
-                    "s3": {
-                        "bucket": {"name": "bench"},
-                        "object": {"key": key, "size": jpeg.tell(), "eTag": etag.strip('"')},
-                    },
-                }
-                event = work / f"event-{rep}.json"
-                event.write_text(json.dumps({"Records": [record]}))
-                env = {
-                    "PATH": "/usr/bin:/bin",
-                    "HOME": str(work),
-                    "AWS_ENDPOINT_URL": endpoint,
-                    "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1",
-                    "AWS_LAMBDA_FUNCTION_NAME": "dinoembed-bench",
-                    "DINOEMBED_CACHE_DIR": str(work / f"cache-{rep}"),  # a fresh /tmp each time
-                    "POWERTOOLS_LOG_LEVEL": "WARNING",
-                }
-                # -B: /var/task is read-only on Lambda, so a run must not leave .pyc files in the
-                # package for the next sample to find: only what the build put there counts
-                python = [args.python, "-I", "-S", "-B", "-c"]
-                script = BREAKDOWN if args.breakdown else COLD
-                cold = [*python, script, str(args.artifact), str(runtime), str(event)]
-                seconds, run = timed(cold, env, '"embedded": 1')
-                samples["cold"].append(seconds)
-                if args.breakdown:
-                    breakdowns.append(breakdown(run))
-                floor = [*python, FLOOR_RUNNER, str(args.artifact), str(FLOOR), str(model)]
-                samples["floor"].append(timed(floor, env, "(1, ")[0])
-    finally:
-        server.stop()
+    with local_s3() as (s3, aws_env), tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        runtime = runtime_dir(work, args.python)
+        for rep in range(args.reps):
+            key = f"cold/{rep}.jpg"
+            etag = s3.put_object(Bucket="bench", Key=key, Body=jpeg.getvalue())["ETag"]
+            record = {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": "bench"},
+                    "object": {"key": key, "size": jpeg.tell(), "eTag": etag.strip('"')},
+                },
+            }
+            event = work / f"event-{rep}.json"
+            event.write_text(json.dumps({"Records": [record]}))
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(work),
+                **aws_env,
+                "DINOEMBED_CACHE_DIR": str(work / f"cache-{rep}"),  # a fresh /tmp each time
+                "POWERTOOLS_LOG_LEVEL": "WARNING",
+            }
+            # -B: /var/task is read-only on Lambda, so a run must not leave .pyc files in the
+            # package for the next sample to find: only what the build put there counts
+            python = [args.python, "-I", "-S", "-B", "-c"]
+            script = BREAKDOWN if args.breakdown else COLD
+            cold = [*python, script, str(args.artifact), str(runtime), str(event)]
+            seconds, run = timed(cold, env, '"embedded": 1')
+            samples["cold"].append(seconds)
+            if args.breakdown:
+                breakdowns.append(breakdown(run))
+            floor = [*python, FLOOR_RUNNER, str(args.artifact), str(FLOOR), str(model)]
+            samples["floor"].append(timed(floor, env, "(1, ")[0])
     report = {
         "model": manifest["file"],
         "model_bytes": manifest["size"],

@@ -119,11 +119,8 @@ def quotas(sizes: tuple[int, ...], usable: int) -> Iterator[dict[int, CpuQuota] 
 
 
 def main(argv: list[str]) -> int:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
     from benchmarks.frontends import sqs_event
-    from benchmarks.lambda_bundled import python312, runtime_dir
+    from benchmarks.lambda_bundled import local_s3, python312, runtime_dir
     from dinoembed.model.engine import available_cpus
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.lambda_memory")
@@ -136,21 +133,9 @@ def main(argv: list[str]) -> int:
     if python is None:
         parser.error("no Python 3.12 found (pyenv install 3.12, or --python PATH)")
     usable = available_cpus()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
     best: dict[str, float] = {}
     report: dict[str, Any]
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(Bucket="bench")
+    with local_s3() as (s3, aws_env):
         counter = iter(range(1_000_000))
 
         def event(work: Path, paths: list[Path]) -> Path:
@@ -172,11 +157,7 @@ def main(argv: list[str]) -> int:
                 env = {
                     "PATH": "/usr/bin:/bin",
                     "HOME": str(work),
-                    "AWS_ENDPOINT_URL": endpoint,
-                    "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing",
-                    "AWS_DEFAULT_REGION": "us-east-1",
-                    "AWS_LAMBDA_FUNCTION_NAME": "dinoembed-bench",
+                    **aws_env,
                     "POWERTOOLS_LOG_LEVEL": "WARNING",
                 }
                 runs: list[tuple[str, CpuQuota | None]] = [("free", None)]
@@ -200,8 +181,6 @@ def main(argv: list[str]) -> int:
                     "free": round(best["free"], 1),
                     "sizes": {str(size): round(best[str(size)], 1) for size in SIZES},
                 }
-    finally:
-        server.stop()
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
 
