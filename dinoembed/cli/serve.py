@@ -63,7 +63,7 @@ def build_app(settings: Settings, location: str | None) -> Starlette:
         from dinoembed.web.app import FORM_OVERHEAD, AppOptions, create_app
         from dinoembed.web.model import ModelHolder
     location = location or settings.serve_location
-    index = None if location is None else wiring.open_index(location, settings)
+    index = None if location is None else wiring.open_s3_index(location, settings)
     if location is None:
         backend = None
     elif index is not None:

@@ -22,7 +22,6 @@ from dinoembed.settings import Settings
 
 if TYPE_CHECKING:  # imported where used: `dinoembed --help` need not load numpy and Pillow
     from dinoembed.collections.collection import SidecarSource
-    from dinoembed.collections.index import VectorIndex
     from dinoembed.handler.vectors import S3VectorsIndex
     from dinoembed.model.store import ModelStore
     from dinoembed.pipeline import Pipeline
@@ -202,9 +201,3 @@ def open_s3_index(location: str, settings: Settings) -> S3VectorsIndex | None:
 
     name = index_name(expected_recipe(settings))
     return S3VectorsIndex(make_vectors_client(), settings.vector_bucket, name)
-
-
-def open_index(location: str, settings: Settings) -> VectorIndex | None:
-    """The vector index that answers for ``location`` (an ``s3://bucket/prefix``), or None
-    (a folder, or no index configured): see :func:`open_s3_index`."""
-    return open_s3_index(location, settings)
