@@ -169,7 +169,6 @@ class FolderSource:
                     return False
             except OSError:
                 return False
-        self._snapshot = dict(snapshot)
         return True
 
     def read(self, names: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
