@@ -5,8 +5,10 @@ Usage: python -m benchmarks.limit MODEL FILE... [--threads N] [--images N]
 Measures, in one process, the CPU seconds (all threads: ``time.process_time``) that
 the two halves of the pipeline's work cost per image when each runs alone:
 
-- ``model_cpu_ms``: ONNX Runtime on a ready tensor, one image per run, the session made
-  exactly as dinoembed's engine makes it (after a warm-up run);
+- ``model_cpu_ms``: ONNX Runtime on ready tensors, one image per run, with every core
+  busy, in whichever of the engine's two layouts costs less CPU: one stream on all the
+  threads (``--streams 1``) or one single-threaded stream per core (the default for
+  many images); each is reported (``model_cpu_ms_by_streams``), after a warm-up run;
 - ``decode_cpu_ms``: reading, decoding (reduced-scale JPEG as the pipeline does) and
   preprocessing each FILE once, on one thread, averaged over the files.
 
@@ -21,24 +23,33 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 
-def model_cpu(model: Path, threads: int | None, images: int) -> tuple[float, float, int]:
-    """(CPU ms, wall ms) per image of the model alone, and its input size."""
+def model_cpu(model: Path, threads: int, streams: int, images: int) -> tuple[float, float, int]:
+    """(CPU ms, wall ms) per image of the model alone, ``streams`` runs at once on a session
+    of ``threads // streams`` threads, as the engine makes it; and the model's input size."""
     from dinoembed.model.engine import Engine, create_session
 
-    engine = Engine(create_session(model, threads), normalize=True)
+    engine = Engine(create_session(model, max(1, threads // streams)), normalize=True)
     size = engine.input_size
     tensor = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    engine.warm_up()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    for _ in range(images):
-        engine.embed(tensor)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    return 1000.0 * cpu / images, 1000.0 * wall / images, size
+    per_stream = max(1, images // streams)
+
+    def run(count: int) -> None:
+        for _ in range(count):
+            engine.embed(tensor)
+
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(run, [1] * streams))  # warm-up: the first run of each thread
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        list(pool.map(run, [per_stream] * streams))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    done = per_stream * streams
+    return 1000.0 * cpu / done, 1000.0 * wall / done, size
 
 
 def decode_cpu(files: list[Path], size: int) -> float:
@@ -66,11 +77,16 @@ def main(argv: list[str]) -> int:
     from dinoembed.model.engine import available_cpus
 
     cores = args.threads or available_cpus()
-    model_ms, model_wall_ms, size = model_cpu(args.model, args.threads, args.images)
+    by_streams: dict[int, tuple[float, float, int]] = {
+        streams: model_cpu(args.model, cores, streams, args.images)
+        for streams in sorted({1, cores})
+    }
+    model_ms, model_wall_ms, size = min(by_streams.values())
     decode_ms = decode_cpu(args.files, size)
     report = {
         "model_cpu_ms": round(model_ms, 2),
         "model_wall_ms": round(model_wall_ms, 2),
+        "model_cpu_ms_by_streams": {n: round(v[0], 2) for n, v in by_streams.items()},
         "decode_cpu_ms": round(decode_ms, 2),
         "cores": cores,
         "limit_ms": round((model_ms + decode_ms) / cores, 2),

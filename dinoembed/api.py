@@ -38,6 +38,7 @@ OPTIONS = frozenset(
         "preprocess",
         "batch_size",
         "threads",
+        "streams",
         "decode_workers",
         "max_pixels",
         "max_bytes",

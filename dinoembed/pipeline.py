@@ -2,9 +2,14 @@
 
 Inputs are decoded and preprocessed on a small thread pool (Pillow releases
 the GIL while decoding) feeding batches into the engine, so decoding overlaps
-inference. At most a bounded window of images is in flight, so decoded
-full-size images never pile up. Outcomes come back in input order, each with its
-:class:`Disposition`: what the adapter does with it (write, skip, retry).
+inference. The engine runs ``streams`` batches at once, each on its own thread
+(ONNX Runtime releases the GIL too): with one stream per core and one ONNX Runtime
+thread each, every core runs whole images and no operator waits for a slower
+thread, so the decode work fills the cores instead of stalling the model
+(docs/performance.md has the measurements). At most a bounded window of images is
+in flight, so decoded full-size images never pile up. Outcomes come back in input
+order, each with its :class:`Disposition`: what the adapter does with it (write,
+skip, retry).
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class Pipeline:
         *,
         batch_size: int = 8,
         decode_workers: int = 2,
+        streams: int = 1,
         reduce_jpeg: bool = True,
     ) -> None:
         if model.input_size != engine.input_size:
@@ -142,7 +148,12 @@ class Pipeline:
         self.engine = engine
         self.model = model
         self.limits = limits
-        self.batch_size = batch_size
+        self.streams = max(1, streams)
+        # With several streams a static-batch model gets one image per hand-off, so the
+        # streams share the work evenly to the last image (the engine runs such a model one
+        # image per run whatever the batch); a dynamic-batch model keeps its batches.
+        static = engine.spec.static_batch
+        self.batch_size = 1 if self.streams > 1 and static else batch_size
         self.decode_workers = max(1, decode_workers)
         self.target = DecodeTarget(model.preprocess, model.input_size, reduce_jpeg)
 
@@ -156,19 +167,20 @@ class Pipeline:
         return Recipe(self.model, self.engine.normalize)
 
     def embed(self, items: Iterable[ImageItem]) -> Iterator[Outcome]:
-        """Batch k+1 runs in the engine while the caller handles batch k's outcomes."""
+        """Up to ``streams`` batches run in the engine, as many wait their turn, while the
+        caller handles the outcomes of the oldest."""
+        depth = 2 * self.streams
         with (
             ThreadPoolExecutor(self.decode_workers, thread_name_prefix="dinoembed-decode") as pool,
-            ThreadPoolExecutor(1, thread_name_prefix="dinoembed-infer") as infer,
+            ThreadPoolExecutor(self.streams, thread_name_prefix="dinoembed-infer") as infer,
         ):
-            previous: Future[_Inferred] | None = None
+            inflight: deque[Future[_Inferred]] = deque()
             for batch in self._batches(pool, items):
-                current = infer.submit(self._infer, batch)
-                if previous is not None:
-                    yield from self._outcomes(previous.result())
-                previous = current
-            if previous is not None:
-                yield from self._outcomes(previous.result())
+                inflight.append(infer.submit(self._infer, batch))
+                while len(inflight) >= depth:
+                    yield from self._outcomes(inflight.popleft().result())
+            while inflight:
+                yield from self._outcomes(inflight.popleft().result())
 
     def embed_one(self, item: ImageItem) -> Outcome:
         return next(iter(self.embed([item])))
@@ -178,7 +190,7 @@ class Pipeline:
     ) -> Iterator[list[_Prepared]]:
         """Prepared inputs in order, cut after every ``batch_size`` decodable images.
         At most a window of inputs is being decoded at any time."""
-        window = self.batch_size + 2 * self.decode_workers
+        window = self.batch_size + 2 * max(self.decode_workers, self.streams)
         pending: deque[Future[_Prepared]] = deque()
         ready: list[_Prepared] = []
         tensors = 0
@@ -276,6 +288,14 @@ class Pipeline:
         )
 
 
+def inference_layout(settings: Settings) -> tuple[int, int]:
+    """(streams, ONNX Runtime threads per stream): ``threads`` (default: usable CPUs)
+    shared among ``streams`` (default: one per thread)."""
+    threads = settings.threads or available_cpus()
+    streams = settings.streams or threads
+    return streams, max(1, threads // streams)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     """A resolved model and the engine on its session: the slow part of building a pipeline
@@ -290,7 +310,7 @@ def load_model(settings: Settings, store: ModelStore | None = None) -> LoadedMod
     """Resolve the model (downloading it if needed) and create its ONNX Runtime session."""
     store = store or ModelStore(settings.cache_dir)
     resolved = store.resolve(ModelSource.from_settings(settings))
-    session = create_session(resolved.path, settings.threads or available_cpus())
+    session = create_session(resolved.path, inference_layout(settings)[1])
     return LoadedModel(resolved, Engine(session, normalize=settings.normalize))
 
 
@@ -330,6 +350,7 @@ def build_pipeline(
         DecodeLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_bytes),
         batch_size=settings.batch_size,
         decode_workers=settings.decode_workers or cpus,
+        streams=inference_layout(settings)[0],
     )
 
 

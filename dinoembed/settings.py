@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     # 8 measured faster than 16 on 2 cores (ViT-S/14) and peaks ~100 MB lower (docs/performance.md)
     batch_size: int = Field(default=8, ge=1, le=1024)
     threads: int | None = Field(default=None, ge=1)
+    # Images in the model at once, each on threads / streams ONNX Runtime threads. None =
+    # one per thread (throughput: each core runs whole images, no intra-op synchronisation,
+    # decoding fills the gaps); front ends that embed one image at a time (the Lambda, the
+    # CLI given one file) set 1, which runs each image on every thread (latency).
+    streams: int | None = Field(default=None, ge=1)
     decode_workers: int | None = Field(default=None, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     max_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)

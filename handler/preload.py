@@ -38,11 +38,17 @@ PACKAGE_ROOT = Path(__file__).parent.parent.parent
 
 
 def lambda_settings() -> Settings:
-    """The settings from ``DINOEMBED_*``, looking for a bundled model in the package."""
+    """The settings from ``DINOEMBED_*``, looking for a bundled model in the package and,
+    unless ``DINOEMBED_STREAMS`` says otherwise, running each image on every vCPU: an
+    invocation is often one image (an S3 event, a Batch Operations task), whose latency
+    is what it is billed for, and every scale-out pays the first one."""
     settings = Settings()
+    update: dict[str, object] = {}
     if "bundle_dir" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"bundle_dir": PACKAGE_ROOT / "model"})
-    return settings
+        update["bundle_dir"] = PACKAGE_ROOT / "model"
+    if "streams" not in settings.model_fields_set:
+        update["streams"] = 1
+    return settings.model_copy(update=update) if update else settings
 
 
 class ModelPreload:

@@ -14,8 +14,10 @@ import pytest
 from PIL import Image
 
 from dinoembed.cli.main import main
+from dinoembed.pipeline import Pipeline
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import read_sidecar
+from dinoembed.settings import Settings
 from tests.helpers import encode
 
 SUFFIX = ".dinov2.json"
@@ -306,3 +308,33 @@ def test_cache_dir_flag_holds_the_collection_index(
     assert main(["dupes", str(tree), "--json", "--cache-dir", str(cache)]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 5
     assert [p for p in cache.rglob("*") if p.is_file()]  # the index was kept there
+
+
+def test_one_image_to_embed_runs_on_every_thread_and_more_run_side_by_side(
+    tree: Path,
+    tiny_model: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dinoembed.cli import wiring
+
+    built: list[int] = []
+    real = wiring.pipeline
+
+    def recording(settings: Settings, client: object = None) -> Pipeline:
+        made = real(settings, client)
+        built.append(made.streams)
+        return made
+
+    monkeypatch.setattr(wiring, "pipeline", recording)
+    one = ("--model", tiny_model, "--threads", "2")
+    # GIVEN one image, then a folder, then one image with --streams
+    assert embed(capsys, tree / "astronaut.jpg", *one)[0] == 0
+    assert embed(capsys, tree, *one)[0] == 0
+    assert embed(capsys, tree / "astronaut.jpg", *one, "--streams", "2")[0] == 0
+    # AND a folder with all but one image current: one left to embed
+    assert embed(capsys, tree, *one, "--write-sidecars")[0] == 0
+    (tree / "astronaut.jpg.dinov2.json").unlink()
+    assert embed(capsys, tree, *one, "--skip-current", "--write-sidecars")[0] == 0
+    # THEN one image runs alone on both threads; more run one per thread unless told
+    assert built == [1, 2, 2, 2, 1]

@@ -12,7 +12,7 @@ import pytest
 
 from dinoembed.errors import ModelFormatError
 from dinoembed.handler import app, preload
-from dinoembed.pipeline import build_pipeline
+from dinoembed.pipeline import build_pipeline, inference_layout
 from dinoembed.settings import Settings
 from tests.test_lambda_support import cold_lambda
 
@@ -99,3 +99,14 @@ def test_a_failed_preload_fails_the_invocation_once_then_loads_anew(
         # AND once the file is fixed, the next invocation loads it (nothing stale kept)
         shutil.copy(tiny_model, path)
         assert app.runtime().embedder().model.name == "standin:model"
+
+
+def test_the_function_runs_each_image_on_every_vcpu_unless_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An invocation is often one image (an S3 event, a Batch Operations task): one stream
+    assert preload.lambda_settings().streams == 1
+    assert inference_layout(preload.lambda_settings().model_copy(update={"threads": 2})) == (1, 2)
+    # AND DINOEMBED_STREAMS still chooses
+    monkeypatch.setenv("DINOEMBED_STREAMS", "2")
+    assert preload.lambda_settings().streams == 2

@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dinoembed import pipeline as pipeline_module
 from dinoembed.errors import PermanentError, SourceGoneError, TransientError
 from dinoembed.images.transforms import preprocess
-from dinoembed.pipeline import Disposition, ImageItem, Pipeline, build_pipeline
+from dinoembed.pipeline import (
+    Disposition,
+    ImageItem,
+    Pipeline,
+    build_pipeline,
+    inference_layout,
+)
 from dinoembed.settings import Settings
 from tests.helpers import encode
 from tests.test_imaging import BAD_INPUTS, bad_input_bytes
@@ -132,3 +139,58 @@ def test_more_items_than_the_window_keep_order(embedder: Pipeline) -> None:
     first = embedder.embed_one(items[0]).result
     assert first is not None and outcomes[0].result is not None
     assert first.embedding == outcomes[0].result.embedding
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_streams_keep_order_and_match_the_reference(
+    photos: dict[str, Image.Image], tiny_model: Path, tmp_path: Path, streams: int
+) -> None:
+    # GIVEN a pipeline running several images at once (or one), bad inputs among good ones
+    settings = Settings(model_path=tiny_model, cache_dir=tmp_path, streams=streams, threads=3)
+    pipeline = build_pipeline(settings)
+    assert pipeline.streams == streams
+    good = {f"{n}-{i}.png": img.rotate(30 * i) for i in range(3) for n, img in photos.items()}
+    names = sorted(good)
+    names[3:3] = ["broken.jpg"]
+    data = {n: encode(img, "PNG") for n, img in good.items()} | {"broken.jpg": b"\xff\xd8junk"}
+    # WHEN embedded
+    outcomes = list(pipeline.embed(_item(n, data[n]) for n in names))
+    # THEN in input order, the bad one an error, each vector ONNX Runtime's own output
+    assert [o.item.file_path for o in outcomes] == names
+    assert outcomes[3].disposition is Disposition.ERROR
+    engine = pipeline.engine
+    for outcome in outcomes[:3] + outcomes[4:]:
+        img = good[outcome.item.file_path]
+        raw = engine.session.run(
+            None, {engine.spec.input_name: preprocess(img, "center-crop", 224)[None]}
+        )[0][0]
+        assert outcome.result.embedding is not None
+        got = np.array(outcome.result.embedding.embedding, dtype=np.float32)
+        np.testing.assert_allclose(got, raw / np.linalg.norm(raw), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("threads", "streams", "layout"),
+    [(4, None, (4, 1)), (4, 1, (1, 4)), (4, 2, (2, 2)), (3, 2, (2, 1)), (2, 5, (5, 1))],
+)
+def test_streams_share_the_threads(
+    threads: int, streams: int | None, layout: tuple[int, int]
+) -> None:
+    # (streams, ONNX Runtime threads per stream): one stream per thread by default
+    assert inference_layout(Settings(threads=threads, streams=streams)) == layout
+
+
+def test_the_session_gets_each_streams_share_of_the_threads(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[int | None] = []
+    real = pipeline_module.create_session
+
+    def recording(path: Path, threads: int | None = None) -> object:
+        made.append(threads)
+        return real(path, threads)
+
+    monkeypatch.setattr(pipeline_module, "create_session", recording)
+    build_pipeline(Settings(model_path=tiny_model, cache_dir=tmp_path, threads=4, streams=2))
+    build_pipeline(Settings(model_path=tiny_model, cache_dir=tmp_path, threads=4, streams=1))
+    assert made == [2, 4]

@@ -127,7 +127,10 @@ def run_embed(
         log.info(
             "%d of %d images have a current sidecar: not embedded again", len(current), len(files)
         )
-    embedder = wiring.pipeline(settings) if len(current) < len(files) else None
+    todo = len(files) - len(current)
+    if todo == 1 and "streams" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"streams": 1})  # one image: every thread on it
+    embedder = wiring.pipeline(settings) if todo else None
     failed = 0
     out = sys.stdout
     with Progress(len(files)) as progress:

@@ -98,6 +98,13 @@ def _add_embed_options(parser: argparse.ArgumentParser) -> None:
     add_cache_dir_option(parser)
     parser.add_argument("--batch-size", type=int, help="images per inference run (default 8)")
     _add_threads_option(parser)
+    parser.add_argument(
+        "--streams",
+        type=int,
+        metavar="N",
+        help="images in the model at once, sharing the threads (default: one per thread, "
+        "or 1 for a single image)",
+    )
     _add_limit_options(parser)
 
 
