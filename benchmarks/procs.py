@@ -82,6 +82,21 @@ def dinoembed_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "dinoembed.cli"]
 
 
+def compile_bytecode() -> None:
+    """Write dinoembed's bytecode, as installing it does (pip compiles at install time, and
+    the Lambda build precompiles). Where PYTHONDONTWRITEBYTECODE is set, as on these build
+    machines, an editable checkout would otherwise compile every module it imports on every
+    start, which the floors' libraries (installed, compiled) never do."""
+    import compileall
+
+    import dinoembed
+
+    root = Path(dinoembed.__file__).parent
+    links = [p.resolve() for p in root.iterdir() if p.is_symlink() and p.is_dir()]
+    for folder in [root, *links]:  # compileall does not follow the adapters' symlinks
+        compileall.compile_dir(folder, quiet=1)
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The current environment without DINOEMBED_* settings (a benchmark states its own)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DINOEMBED_")}

@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     bundled = lambda_package(args, plan, model, out, notes)
+    procs.compile_bytecode()
     quiet = 0.0 if args.smoke else args.quiet_wait
     bench = suites.Bench(model, out, args.batch_size, args.threads, quiet)
     sha256 = suites.seed_cache(model, out / "cache")

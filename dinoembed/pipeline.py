@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,8 +38,14 @@ from dinoembed.errors import (
 )
 from dinoembed.images.decode import DecodeLimits, DecodeTarget, decode_image
 from dinoembed.images.transforms import preprocess
-from dinoembed.model.engine import Engine, available_cpus, create_session, is_standin
-from dinoembed.model.store import ModelSource, ModelStore, ResolvedModel, sha256_file
+from dinoembed.model.engine import Engine, available_cpus, is_standin
+from dinoembed.model.loader import (
+    LoadedModel,
+    inference_layout,
+    load_model,
+    start_loading,
+)
+from dinoembed.model.store import ModelStore, sha256_file
 from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
 from dinoembed.results.sidecars import Recipe
 from dinoembed.settings import Preprocess, Settings
@@ -128,34 +135,60 @@ def float32_list(vector: NDArray[np.float32]) -> list[float]:
 class Pipeline:
     """Decode -> preprocess -> batch -> engine -> results, in input order.
 
-    Thread-safe: each :meth:`embed` call has its own decode pool and inference thread,
+    Thread-safe: each :meth:`embed` call has its own decode pool and inference threads,
     and ONNX Runtime sessions may be run from several threads.
+
+    The engine may still be loading (:func:`start_pipeline`): inputs are decoded for the
+    expected input size meanwhile, and :attr:`engine`, :attr:`model` and the first batch
+    wait for it; a tensor made for another size than the model's is made again.
     """
 
     def __init__(
         self,
-        engine: Engine,
-        model: ModelInfo,
+        engine: Engine | Future[tuple[Engine, ModelInfo]],
+        model: ModelInfo | None,
         limits: DecodeLimits,
         *,
         batch_size: int = 8,
         decode_workers: int = 2,
         streams: int = 1,
         reduce_jpeg: bool = True,
+        expected: tuple[Preprocess, int] | None = None,
     ) -> None:
-        if model.input_size != engine.input_size:
-            raise ValueError("model info and engine disagree on the input size")
-        self.engine = engine
-        self.model = model
+        if isinstance(engine, Engine):
+            if model is None or model.input_size != engine.input_size:
+                raise ValueError("model info and engine disagree on the input size")
+            self._ready: Future[tuple[Engine, ModelInfo]] = Future()
+            self._ready.set_result((engine, model))
+            expected = (model.preprocess, model.input_size)
+        elif expected is None:
+            raise ValueError("a pipeline whose engine is loading needs its expected input")
+        else:
+            self._ready = engine
         self.limits = limits
         self.streams = max(1, streams)
-        # With several streams a static-batch model gets one image per hand-off, so the
-        # streams share the work evenly to the last image (the engine runs such a model one
-        # image per run whatever the batch); a dynamic-batch model keeps its batches.
-        static = engine.spec.static_batch
-        self.batch_size = 1 if self.streams > 1 and static else batch_size
+        self._batch_size = batch_size
         self.decode_workers = max(1, decode_workers)
-        self.target = DecodeTarget(model.preprocess, model.input_size, reduce_jpeg)
+        self.reduce_jpeg = reduce_jpeg
+        self.target = DecodeTarget(expected[0], expected[1], reduce_jpeg)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine (waiting for it while it loads; raising what loading raised)."""
+        return self._ready.result()[0]
+
+    @property
+    def model(self) -> ModelInfo:
+        return self._ready.result()[1]
+
+    @property
+    def batch_size(self) -> int:
+        """Images per hand-off to the engine. With several streams a static-batch model gets
+        one image each, so the streams share the work evenly to the last image (the engine
+        runs such a model one image per run whatever the batch); a dynamic-batch model
+        keeps its batches."""
+        static = self.engine.spec.static_batch
+        return 1 if self.streams > 1 and static else self._batch_size
 
     @property
     def normalize(self) -> bool:
@@ -190,7 +223,7 @@ class Pipeline:
     ) -> Iterator[list[_Prepared]]:
         """Prepared inputs in order, cut after every ``batch_size`` decodable images.
         At most a window of inputs is being decoded at any time."""
-        window = self.batch_size + 2 * max(self.decode_workers, self.streams)
+        window = self._batch_size + 2 * max(self.decode_workers, self.streams)
         pending: deque[Future[_Prepared]] = deque()
         ready: list[_Prepared] = []
         tensors = 0
@@ -207,12 +240,13 @@ class Pipeline:
         if ready:
             yield ready
 
-    def _prepare(self, item: ImageItem) -> _Prepared:
+    def _prepare(self, item: ImageItem, target: DecodeTarget | None = None) -> _Prepared:
         """The model input for ``item`` (timed), or the outcome that replaces it."""
+        target = target or self.target
         start = time.perf_counter()
         try:
-            decoded = decode_image(item.load(), self.limits, self.target)
-            tensor = preprocess(decoded.image, self.model.preprocess, self.model.input_size)
+            decoded = decode_image(item.load(), self.limits, target)
+            tensor = preprocess(decoded.image, target.mode, target.input_size)
             source = item.source.model_copy(
                 update={"sha256": decoded.sha256, "width": decoded.width, "height": decoded.height}
             )
@@ -244,6 +278,11 @@ class Pipeline:
 
     def _infer(self, ready: list[_Prepared]) -> _Inferred:
         """On the inference thread: one engine run for the batch's decodable images."""
+        size = self.engine.input_size
+        if any(p.tensor is not None and p.tensor.shape[-1] != size for p in ready):
+            # decoded before the model was loaded, for the size expected of it: not its size
+            target = DecodeTarget(self.model.preprocess, size, self.reduce_jpeg)
+            ready = [self._prepare(p.item, target) if p.tensor is not None else p for p in ready]
         tensors = [p.tensor for p in ready if p.tensor is not None]
         if not tensors:
             return _Inferred(ready, None, 0.0)
@@ -288,40 +327,53 @@ class Pipeline:
         )
 
 
-def inference_layout(settings: Settings) -> tuple[int, int]:
-    """(streams, ONNX Runtime threads per stream): ``threads`` (default: usable CPUs)
-    shared among ``streams`` (default: one per thread)."""
-    threads = settings.threads or available_cpus()
-    streams = settings.streams or threads
-    return streams, max(1, threads // streams)
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedModel:
-    """A resolved model and the engine on its session: the slow part of building a pipeline
-    (creating the session), which an entry point may do ahead of time, e.g. on a
-    background thread while it imports the rest of what it needs."""
-
-    resolved: ResolvedModel
-    engine: Engine
-
-
-def load_model(settings: Settings, store: ModelStore | None = None) -> LoadedModel:
-    """Resolve the model (downloading it if needed) and create its ONNX Runtime session."""
-    store = store or ModelStore(settings.cache_dir)
-    resolved = store.resolve(ModelSource.from_settings(settings))
-    session = create_session(resolved.path, inference_layout(settings)[1])
-    return LoadedModel(resolved, Engine(session, normalize=settings.normalize))
-
-
 def build_pipeline(
     settings: Settings, store: ModelStore | None = None, *, loaded: LoadedModel | None = None
 ) -> Pipeline:
     """Resolve the model and assemble the pipeline from settings (one call per process);
     ``loaded``: a model :func:`load_model` already loaded for these settings."""
-    loaded = loaded or load_model(settings, store)
+    engine, model = _engine_and_model(settings, loaded or load_model(settings, store))
+    return Pipeline(engine, model, **_pipeline_options(settings))
+
+
+def start_pipeline(
+    settings: Settings,
+    store: ModelStore | None = None,
+    *,
+    loading: Future[LoadedModel] | None = None,
+) -> Pipeline:
+    """The pipeline at once, its model loading on a background thread
+    (:func:`~dinoembed.model.loader.start_loading`, or ``loading`` when the caller started
+    it): inputs given to it are read and decoded meanwhile, for the preprocessing and
+    input size a model is expected to have, so a command embedding a few images does not
+    wait for the session before decoding the first. What loading raises is raised by the
+    first use that needs the model."""
+    loading = loading or start_loading(settings, store)
+    ready: Future[tuple[Engine, ModelInfo]] = Future()
+
+    def describe(done: Future[LoadedModel]) -> None:
+        try:
+            ready.set_result(_engine_and_model(settings, done.result()))
+        except BaseException as err:  # handed to whoever waits for the model
+            ready.set_exception(err)
+
+    loading.add_done_callback(describe)
+    expected = (settings.preprocess, MODEL_INPUT_SIZE)
+    return Pipeline(ready, None, **_pipeline_options(settings), expected=expected)
+
+
+def _pipeline_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "limits": DecodeLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_bytes),
+        "batch_size": settings.batch_size,
+        "decode_workers": settings.decode_workers or available_cpus(),
+        "streams": inference_layout(settings)[0],
+    }
+
+
+def _engine_and_model(settings: Settings, loaded: LoadedModel) -> tuple[Engine, ModelInfo]:
+    """The engine and what results record of its model (logged once)."""
     resolved, engine = loaded.resolved, loaded.engine
-    cpus = available_cpus()
     name = resolved.name
     if is_standin(engine.session):
         log.warning(
@@ -344,14 +396,7 @@ def build_pipeline(
         engine.spec.batch_mode,
         engine.spec.dim,
     )
-    return Pipeline(
-        engine,
-        model,
-        DecodeLimits(max_pixels=settings.max_pixels, max_bytes=settings.max_bytes),
-        batch_size=settings.batch_size,
-        decode_workers=settings.decode_workers or cpus,
-        streams=inference_layout(settings)[0],
-    )
+    return engine, model
 
 
 def expected_model(settings: Settings) -> tuple[str, Preprocess]:

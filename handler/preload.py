@@ -26,7 +26,7 @@ import onnxruntime  # noqa: F401  # imported here, on the importing thread (see 
 from pydantic import ValidationError
 
 from dinoembed.model.store import BUNDLE_MANIFEST
-from dinoembed.pipeline import LoadedModel, load_model
+from dinoembed.model.loader import LoadedModel, load_model
 from dinoembed.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -321,8 +321,10 @@ def test_one_image_to_embed_runs_on_every_thread_and_more_run_side_by_side(
     built: list[int] = []
     real = wiring.pipeline
 
-    def recording(settings: Settings, client: object = None) -> Pipeline:
-        made = real(settings, client)
+    def recording(
+        settings: Settings, client: object = None, *, background: bool = False
+    ) -> Pipeline:
+        made = real(settings, client, background=background)
         built.append(made.streams)
         return made
 

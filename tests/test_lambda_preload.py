@@ -12,7 +12,8 @@ import pytest
 
 from dinoembed.errors import ModelFormatError
 from dinoembed.handler import app, preload
-from dinoembed.pipeline import build_pipeline, inference_layout
+from dinoembed.model.loader import inference_layout
+from dinoembed.pipeline import build_pipeline
 from dinoembed.settings import Settings
 from tests.test_lambda_support import cold_lambda
 

@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoembed import pipeline as pipeline_module
-from dinoembed.errors import PermanentError, SourceGoneError, TransientError
+from dinoembed.errors import ModelFormatError, PermanentError, SourceGoneError, TransientError
 from dinoembed.images.transforms import preprocess
+from dinoembed.model import loader
+from dinoembed.model.loader import inference_layout
+from dinoembed.model.standin import build_tiny
 from dinoembed.pipeline import (
     Disposition,
     ImageItem,
     Pipeline,
     build_pipeline,
-    inference_layout,
+    start_pipeline,
 )
 from dinoembed.settings import Settings
 from tests.helpers import encode
@@ -184,13 +186,63 @@ def test_the_session_gets_each_streams_share_of_the_threads(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made: list[int | None] = []
-    real = pipeline_module.create_session
+    real = loader.create_session
 
     def recording(path: Path, threads: int | None = None) -> object:
         made.append(threads)
         return real(path, threads)
 
-    monkeypatch.setattr(pipeline_module, "create_session", recording)
+    monkeypatch.setattr(loader, "create_session", recording)
     build_pipeline(Settings(model_path=tiny_model, cache_dir=tmp_path, threads=4, streams=2))
     build_pipeline(Settings(model_path=tiny_model, cache_dir=tmp_path, threads=4, streams=1))
     assert made == [2, 4]
+
+
+def test_a_pipeline_started_while_its_model_loads_embeds_as_the_reference(
+    photos: dict[str, Image.Image], tiny_model: Path, tmp_path: Path
+) -> None:
+    # GIVEN a pipeline returned at once, its session still being created
+    pipeline = start_pipeline(Settings(model_path=tiny_model, cache_dir=tmp_path))
+    names = [*sorted(photos), "broken.jpg"]
+    data = {n: encode(img, "PNG") for n, img in photos.items()} | {"broken.jpg": b"\xff\xd8x"}
+    # WHEN inputs are embedded right away
+    outcomes = list(pipeline.embed(_item(n, data[n]) for n in names))
+    # THEN each vector is ONNX Runtime's output for the reference tensor, the bad one an error
+    assert [o.item.file_path for o in outcomes] == names
+    assert outcomes[-1].disposition is Disposition.ERROR
+    engine = pipeline.engine
+    for outcome in outcomes[:-1]:
+        reference = preprocess(photos[outcome.item.file_path], "center-crop", 224)[None]
+        raw = engine.session.run(None, {engine.spec.input_name: reference})[0][0]
+        assert outcome.result.embedding is not None
+        got = np.array(outcome.result.embedding.embedding, dtype=np.float32)
+        np.testing.assert_allclose(got, raw / np.linalg.norm(raw), atol=1e-6)
+    assert outcomes[0].result.model == pipeline.model and pipeline.model.input_size == 224
+
+
+def test_inputs_decoded_for_the_expected_size_are_made_again_for_the_models(
+    photos: dict[str, Image.Image], tmp_path: Path
+) -> None:
+    # GIVEN a model whose input is 112 px, not the 224 expected while it loads
+    small = build_tiny(tmp_path / "small.onnx", image_size=112)
+    pipeline = start_pipeline(Settings(model_path=small, cache_dir=tmp_path, streams=2))
+    items = [_item(n, encode(img, "JPEG")) for n, img in sorted(photos.items())]
+    # WHEN embedded THEN every image is preprocessed for 112 px, as a built pipeline does
+    started = [o.result.embedding for o in pipeline.embed(items)]
+    built = build_pipeline(Settings(model_path=small, cache_dir=tmp_path, streams=2))
+    assert built.model.input_size == pipeline.model.input_size == 112
+    for got, item in zip(started, items, strict=True):
+        expected = built.embed_one(item).result.embedding
+        assert got is not None and expected is not None
+        np.testing.assert_allclose(got.embedding, expected.embedding, atol=1e-6)
+
+
+def test_a_model_that_fails_to_load_in_the_background_fails_the_embedding(
+    photos: dict[str, Image.Image], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    pipeline = start_pipeline(Settings(model_path=broken, cache_dir=tmp_path))
+    good = _item("coffee.png", encode(photos["coffee"], "PNG"))
+    with pytest.raises(ModelFormatError, match=r"cannot load ONNX model broken\.onnx"):
+        list(pipeline.embed([good, _item("bad.jpg", b"junk")]))

@@ -19,14 +19,13 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from dinoembed.cli import wiring
 from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
 from dinoembed.images.files import expand_paths, subfolders
 from dinoembed.images.pathfilter import PathFilter
-from dinoembed.pipeline import Pipeline, expected_recipe, local_item
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import (
     Recipe,
@@ -37,6 +36,9 @@ from dinoembed.results.sidecars import (
     write_sidecar,
 )
 from dinoembed.settings import Settings
+
+if TYPE_CHECKING:
+    from dinoembed.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,11 @@ def run_embed(
         return 0
     # The sidecars are judged against the configured model without loading it (its file is
     # only hashed): when every one is current, no model is loaded or downloaded at all.
-    current = _current_results(expected_recipe(settings), files, settings) if skip_current else {}
+    current = {}
+    if skip_current:
+        from dinoembed.pipeline import expected_recipe
+
+        current = _current_results(expected_recipe(settings), files, settings)
     if current:
         log.info(
             "%d of %d images have a current sidecar: not embedded again", len(current), len(files)
@@ -130,7 +136,7 @@ def run_embed(
     todo = len(files) - len(current)
     if todo == 1 and "streams" not in settings.model_fields_set:
         settings = settings.model_copy(update={"streams": 1})  # one image: every thread on it
-    embedder = wiring.pipeline(settings) if todo else None
+    embedder = wiring.pipeline(settings, background=True) if todo else None
     failed = 0
     out = sys.stdout
     with Progress(len(files)) as progress:
@@ -189,6 +195,9 @@ def _results(
     settings: Settings,
 ) -> Iterator[EmbeddingResult]:
     """Every input's result in input order: current sidecars as they are, the rest embedded."""
+    # imported here, once the model is loading (dinoembed.cli.wiring.pipeline)
+    from dinoembed.pipeline import local_item
+
     todo = (local_item(p) for n, p in enumerate(files) if n not in current)
     outcomes = embedder.embed(todo) if embedder is not None else iter(())
     for n in range(len(files)):

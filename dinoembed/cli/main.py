@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("source", type=Path, metavar="IN", help="the float32 .onnx model")
     quantize.add_argument("out", type=Path, metavar="OUT", help="the int8 .onnx file to write")
-    from dinoembed.cli.use import USE_COMMANDS, add_use_commands
+    from dinoembed.cli.use_args import USE_COMMANDS, add_use_commands
 
     add_use_commands(sub, _add_embed_options, _add_query_options)
     for name in sorted(USE_COMMANDS):

@@ -75,11 +75,23 @@ def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
     return ModelStore(settings.cache_dir, fetchers_with_s3(client))
 
 
-def pipeline(settings: Settings, client: Any | None = None) -> Pipeline:
-    """Resolve (download if need be) the model and build the pipeline: once per command."""
-    from dinoembed.pipeline import build_pipeline
+def pipeline(
+    settings: Settings, client: Any | None = None, *, background: bool = False
+) -> Pipeline:
+    """Resolve (download if need be) the model and build the pipeline: once per command.
+    ``background``: return at once, the session being created while the first inputs are
+    read and decoded (:func:`dinoembed.pipeline.start_pipeline`)."""
+    store = model_store(settings, client)
+    if not background:
+        from dinoembed.pipeline import build_pipeline
 
-    return build_pipeline(settings, model_store(settings, client))
+        return build_pipeline(settings, store)
+    from dinoembed.model.loader import start_loading
+
+    loading = start_loading(settings, store)  # before importing the image and result stages
+    from dinoembed.pipeline import start_pipeline
+
+    return start_pipeline(settings, loading=loading)
 
 
 def path_filter(settings: Settings, location: str) -> PathFilter:

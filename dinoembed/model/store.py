@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from filelock import FileLock, Timeout
-
 from dinoembed.common.atomic import TEMP_SUFFIX, atomic_path, temp_prefix, write_atomic
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
 from dinoembed.model.fetchers import Fetcher, default_fetchers, fetcher_for
@@ -230,6 +228,8 @@ class ModelStore:
     def _download(self, source: ModelSource) -> ResolvedModel:
         final = self.cached_path(source)
         final.parent.mkdir(parents=True, exist_ok=True)
+        from filelock import FileLock, Timeout  # only a download locks (~10 ms to import)
+
         try:
             with FileLock(str(final) + ".lock", timeout=self.lock_timeout):
                 # Another process may have finished the download while we waited.
