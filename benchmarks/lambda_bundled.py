@@ -82,11 +82,12 @@ from dinoembed.handler import app
 stamp("import dinoembed.handler.app", start)
 from dinoembed.handler import s3io
 from dinoembed import pipeline
+from dinoembed.model import loader
 for owner, attr, label in (
     (app, "runtime", "runtime() (first call: settings, logger, metrics)"),
     (s3io, "make_client", "S3 client (boto3 import + client)"),
     (app, "make_client", "S3 client (boto3 import + client)"),
-    (pipeline, "create_session", "ONNX Runtime session"),
+    (loader, "create_session", "ONNX Runtime session"),
     (s3io.S3Objects, "read_sidecar", "GET sidecar"),
     (s3io.S3Objects, "read", "GET image"),
     (pipeline.Pipeline, "_prepare", "decode + preprocess"),
