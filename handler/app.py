@@ -42,8 +42,8 @@ from dinoembed.handler.observability import Tally, make_logger, make_metrics, pu
 from dinoembed.handler.process import Processor, Report
 from dinoembed.handler.s3io import S3Objects, make_client
 from dinoembed.handler.vectors import S3VectorsIndex, make_vectors_client
-from dinoembed.model.store import ModelStore
 from dinoembed.model.loader import LoadedModel
+from dinoembed.model.store import ModelStore
 from dinoembed.pipeline import Pipeline, build_pipeline
 from dinoembed.results.sidecars import Recipe
 from dinoembed.settings import Settings

@@ -1,32 +1,33 @@
 """The Lambda cold start's model load, started while the handler's other imports run.
 
-Creating the ONNX Runtime session (~0.2 s) and its first run (~0.1 s, ONNX Runtime's
-first run allocates its arena and starts its threads) release the GIL; importing boto3,
-botocore and Powertools and creating the S3 client (~0.3 s) hold it. Done one after
-the other they add up on every cold start; here the session is created and run once
-on a background thread from the moment :mod:`dinoembed.handler.app` is imported, so
-the two overlap (benchmarks/lambda_bundled.py ``--breakdown`` shows the steps).
+Creating the ONNX Runtime session (~0.2 s) releases the GIL; importing boto3, botocore
+and Powertools and creating the S3 client (~0.3 s) hold it. Done one after the other
+they add up on every cold start; here the session is created on a background thread
+(:func:`dinoembed.model.loader.start_loading`) from the moment
+:mod:`dinoembed.handler.app` is imported, so the two overlap
+(benchmarks/lambda_bundled.py ``--breakdown`` shows the steps). The session is not
+run ahead of the first image: a warm-up run took ~0.1 s of both vCPUs while the
+handler was still importing, and saved ~10 ms of the first inference.
 
 Only a model that needs no download is loaded this way: one bundled in the package
 (``infra/build_lambda.sh``) or a local ``DINOEMBED_MODEL_PATH``. A model that must be
 downloaded is still fetched by the first invocation that has an image to embed, so
-an ``s3:TestEvent`` cold start downloads nothing. The numpy, Pillow and ONNX Runtime
-imports happen on the importing thread, before the background thread starts: the
-thread itself imports nothing, so the two threads never race on an import.
+an ``s3:TestEvent`` cold start downloads nothing. ONNX Runtime is imported on the
+importing thread, before the background thread starts: the thread itself imports
+nothing, so the two threads never race on an import.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 
 import onnxruntime  # noqa: F401  # imported here, on the importing thread (see above)
 from pydantic import ValidationError
 
+from dinoembed.model.loader import LoadedModel, start_loading
 from dinoembed.model.store import BUNDLE_MANIFEST
-from dinoembed.model.loader import LoadedModel, load_model
 from dinoembed.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,22 +53,12 @@ def lambda_settings() -> Settings:
 
 
 class ModelPreload:
-    """A model being loaded (session created, run once) on a background thread."""
+    """A model being loaded (its session created) on a background thread."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._future: Future[LoadedModel] = Future()
-        thread = threading.Thread(target=self._load, name="dinoembed-preload", daemon=True)
-        thread.start()
-
-    def _load(self) -> None:
-        try:
-            loaded = load_model(self.settings)  # the store has no fetchers it would need
-            loaded.engine.warm_up()
-        except BaseException as err:  # handed to whoever takes the model
-            self._future.set_exception(err)
-        else:
-            self._future.set_result(loaded)
+        # only started for a local model (needs_no_download): the store fetches nothing
+        self._future: Future[LoadedModel] = start_loading(settings, local=True)
 
     def take(self, settings: Settings) -> LoadedModel | None:
         """The loaded model (waiting for it), or None when it was loaded for other settings.

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, overload, runtime_checkable
 
 import numpy as np
-from filelock import FileLock
 from numpy.typing import NDArray
 
 from dinoembed.common.atomic import is_temp_file, write_atomic
@@ -515,6 +514,8 @@ class CollectionCache:
 
     def save(self, collection: Collection) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        from filelock import FileLock  # ~10 ms to import: only a cache write locks
+
         with FileLock(self.directory / ".lock"):
             entries = collection.entries
             if isinstance(entries, EntryLines) and entries.path.parent == self.directory:

@@ -24,16 +24,17 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from dinoembed.collections.collection import Entry
-from dinoembed.collections.dupes import Decisions, DupeGroup, group_duplicates
-from dinoembed.collections.similarity import Pairs
 from dinoembed.errors import PermanentError
 from dinoembed.results.schema import EmbeddingResult, Neighbour
 from dinoembed.results.sidecars import Recipe
+
+if TYPE_CHECKING:  # imported by index_duplicates: the Lambda's put path needs none of them
+    from dinoembed.collections.collection import Entry
+    from dinoembed.collections.dupes import Decisions, DupeGroup
 
 # S3 Vectors' documented limits (docs: "Limitations and restrictions").
 MAX_TOP_K = 100  # QueryVectors topK
@@ -305,6 +306,10 @@ def index_duplicates(
     One pass over the listing, keeping a few facts per image (not its vector), so a
     million-image index fits in a few hundred MB. ``path_of`` maps a key to the path shown.
     """
+    from dinoembed.collections.collection import Entry
+    from dinoembed.collections.dupes import Decisions, group_duplicates
+    from dinoembed.collections.similarity import Pairs
+
     show = path_of or (lambda key: key)
     facts: dict[str, _Facts] = {}
     first_of: dict[tuple[str, int | None], str] = {}

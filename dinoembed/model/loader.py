@@ -48,23 +48,30 @@ def _load_resolved(settings: Settings, resolved: ResolvedModel) -> LoadedModel:
     return LoadedModel(resolved, Engine(session, normalize=settings.normalize))
 
 
-def start_loading(settings: Settings, store: ModelStore | None = None) -> Future[LoadedModel]:
+def start_loading(
+    settings: Settings, store: ModelStore | None = None, *, local: bool = False
+) -> Future[LoadedModel]:
     """The model's session being created on a background thread; what that raises is
     raised by the future's ``result()``.
 
-    The model is resolved (downloaded if need be) and ONNX Runtime imported here, on the
-    caller's thread: the loading thread imports nothing, so it never races the caller's
-    imports. It is not a daemon: a process that ends early waits for it at exit rather
-    than leaving ONNX Runtime mid-way through creating a session.
+    ONNX Runtime is imported here, on the caller's thread, and the model resolved here
+    too (downloaded if need be), so the loading thread imports nothing and never races
+    the caller's imports. ``local``: the caller knows the model is a local file (nothing
+    to download, nothing to import), so it is resolved on the loading thread as well: a
+    ``DINOEMBED_MODEL_PATH`` is hashed there, not on the caller's. The thread is not a
+    daemon: a process that ends early waits for it at exit rather than leaving ONNX
+    Runtime mid-way through creating a session (which aborts the process).
     """
     importlib.import_module("onnxruntime")
     store = store or ModelStore(settings.cache_dir)
-    resolved = store.resolve(ModelSource.from_settings(settings))
+    source = ModelSource.from_settings(settings)
+    resolved = None if local else store.resolve(source)
     loading: Future[LoadedModel] = Future()
 
     def load() -> None:
         try:
-            loading.set_result(_load_resolved(settings, resolved))
+            model = resolved or store.resolve(source)
+            loading.set_result(_load_resolved(settings, model))
         except BaseException as err:  # handed to whoever takes the model
             loading.set_exception(err)
 
