@@ -60,10 +60,18 @@ class Embedder:
 
     ``Embedder(model_path=None, normalize=True, preprocess="center-crop", ...)``:
     an option given here beats its ``DINOEMBED_*`` variable; ``None`` means unset.
+
+    Each image runs on every thread by default (``streams=1``), the shortest wait for
+    one image, as code calling ``embed([image])`` one image at a time needs. For bulk
+    work, ``streams=N`` runs N images at once on threads / N threads each (one per
+    thread is ~10% more images per second on two cores, and ~1.7x the wait for one).
     """
 
     def __init__(self, model_path: str | Path | None = None, **options: Any) -> None:
-        self.settings = _settings({"model_path": model_path, **options})
+        settings = _settings({"model_path": model_path, **options})
+        if "streams" not in settings.model_fields_set:
+            settings = settings.model_copy(update={"streams": 1})
+        self.settings = settings
         self._pipeline = build_pipeline(self.settings, _store(self.settings))
 
     @property

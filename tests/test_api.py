@@ -15,6 +15,7 @@ from PIL import Image
 import dinoembed
 from dinoembed.images.decode import DecodeLimits, decode
 from dinoembed.images.transforms import preprocess
+from dinoembed.model.loader import inference_layout
 from tests.helpers import encode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,24 @@ def test_one_shot_embed_and_threads(tmp_path: Path, tiny_model: Path) -> None:
         t.join()
     assert one.embedding is not None
     assert len(got) == 4 and all(v == one.embedding.embedding for v in got)
+
+
+def test_an_embedder_runs_each_image_on_every_thread_unless_told(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, photos: dict[str, Image.Image]
+) -> None:
+    # GIVEN the default, an explicit streams=2, and DINOEMBED_STREAMS
+    default = dinoembed.Embedder(model_path=tiny_model, threads=2)
+    bulk = dinoembed.Embedder(model_path=tiny_model, threads=2, streams=2)
+    monkeypatch.setenv("DINOEMBED_STREAMS", "2")
+    from_env = dinoembed.Embedder(model_path=tiny_model, threads=2)
+    # THEN one image at a time gets both threads unless told otherwise
+    assert inference_layout(default.settings) == (1, 2)
+    assert inference_layout(bulk.settings) == inference_layout(from_env.settings) == (2, 1)
+    # AND the layouts agree on every vector
+    images = list(photos.values())
+    for a, b in zip(default.embed(images), bulk.embed(images), strict=True):
+        assert a.embedding is not None and b.embedding is not None
+        np.testing.assert_allclose(a.embedding.embedding, b.embedding.embedding, atol=1e-6)
 
 
 def test_the_readme_example_runs(tmp_path: Path, tiny_model: Path) -> None:
