@@ -21,7 +21,7 @@ from typing import Any
 
 from mangum import Mangum
 
-from dinoembed.collections.index import index_name
+from dinoembed.collections.index import needed_index
 from dinoembed.common.logs import capture_library_warnings
 from dinoembed.handler.collection_s3 import parse_s3_uri
 from dinoembed.handler.model_fetch import fetchers_with_s3
@@ -57,8 +57,8 @@ def index_backend(settings: Settings, client: Any) -> SearchBackend | None:
         log.warning("no vector index or images bucket configured: /search answers 503")
         return None
     index = S3VectorsIndex.from_uri(make_vectors_client(), settings.vector_index)
-    needed = index_name(expected_recipe(settings))
-    if index.index != needed:
+    needed = needed_index(index.index, expected_recipe(settings))
+    if needed is not None:
         log.error(
             "%s holds another recipe's vectors: this function's model needs the index %s; "
             "/search answers 503",

@@ -15,11 +15,13 @@ from dinoembed.collections.index import (
     encode_neighbours,
     folder_prefixes,
     index_duplicates,
+    needed_index,
     neighbours_of_hits,
     prefix_filter,
     record_of,
 )
 from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, Neighbour, SourceInfo
+from dinoembed.results.sidecars import Recipe
 
 MODEL = ModelInfo(name="m", sha256="ab" * 32, preprocess="center-crop", input_size=224)
 
@@ -116,3 +118,14 @@ def test_groups_from_neighbours_equal_the_all_pairs_groups() -> None:
 
     assert shape(found.rows, found.groups) == shape(entries, reference)
     assert found.images == 400 and len(reference) == 5
+
+
+def test_an_index_is_needed_by_name_whether_given_alone_or_with_its_bucket() -> None:
+    # the recipe's index: m's sha256 begins abababab, center-crop, L2-normalised
+    recipe = Recipe(MODEL, normalize=True)
+    name = "m-abababab-crop-l2"
+    assert needed_index(name, recipe) is None
+    assert needed_index(f"vectors/{name}", recipe) is None
+    assert needed_index("m-abababab-crop-raw", recipe) == name
+    assert needed_index(f"{name}/other", recipe) == name
+    assert needed_index(name, Recipe(MODEL, normalize=False)) == "m-abababab-crop-raw"

@@ -93,10 +93,10 @@ def build_app(settings: Settings, location: str | None) -> Starlette:
 def _check_recipe(index: VectorIndex, recipe: Recipe) -> None:
     """A query must be embedded as the index's vectors were (SPEC section 10): refuse to
     serve an index named for another recipe, naming the one this model needs."""
-    from dinoembed.collections.index import index_name
+    from dinoembed.collections.index import needed_index
 
-    needed = index_name(recipe)
-    if index.name.rsplit("/", 1)[-1] != needed:
+    needed = needed_index(index.name, recipe)
+    if needed is not None:
         raise ConfigError(
             f"{index.name} holds another recipe's vectors: the model {recipe.model.name} "
             f"(sha256 {recipe.model.sha256[:12]}…, {recipe.model.preprocess}) needs the index "

@@ -110,10 +110,18 @@ def index_name(recipe: Recipe) -> str:
     return f"{head}-{tail}"
 
 
+def needed_index(index: str, recipe: Recipe) -> str | None:
+    """The index name ``recipe``'s vectors need, when ``index`` (an index's name, or its
+    ``VECTOR_BUCKET/INDEX`` path) is not it; None when it is. Writers, ``serve`` and the
+    Function URL each refuse a mismatch in their own way (an error, exit 2, a 503)."""
+    needed = index_name(recipe)
+    return None if index.rsplit("/", 1)[-1] == needed else needed
+
+
 def check_index_recipe(index: str, recipe: Recipe) -> None:
     """Refuse to write ``recipe``'s vectors into an index named for another recipe."""
-    needed = index_name(recipe)
-    if index != needed:
+    needed = needed_index(index, recipe)
+    if needed is not None:
         raise RecipeMismatchError(
             f"vector index {index!r} was not made for this model: its recipe needs an index "
             f"named {needed!r} (model {recipe.model.name}, sha256 {recipe.model.sha256[:8]}, "
