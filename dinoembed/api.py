@@ -68,10 +68,7 @@ class Embedder:
     """
 
     def __init__(self, model_path: str | Path | None = None, **options: Any) -> None:
-        settings = _settings({"model_path": model_path, **options})
-        if "streams" not in settings.model_fields_set:
-            settings = settings.model_copy(update={"streams": 1})
-        self.settings = settings
+        self.settings = _settings({"model_path": model_path, **options}).or_defaults(streams=1)
         self._pipeline = build_pipeline(self.settings, _store(self.settings))
 
     @property

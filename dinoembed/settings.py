@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -139,6 +139,12 @@ class Settings(BaseSettings):
         if not value or "/" in value:
             raise ValueError("must be a non-empty file-name suffix without '/'")
         return value
+
+    def or_defaults(self, **values: Any) -> Settings:
+        """These settings with ``values`` for the fields the user did not set (by flag,
+        option or ``DINOEMBED_*``): a front end's own defaults."""
+        update = {k: v for k, v in values.items() if k not in self.model_fields_set}
+        return self.model_copy(update=update) if update else self
 
     def recursive_for(self, walker: Walker) -> bool:
         """Descend into sub-folders? The user's choice, else the command's default."""

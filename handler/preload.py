@@ -43,13 +43,7 @@ def lambda_settings() -> Settings:
     unless ``DINOEMBED_STREAMS`` says otherwise, running each image on every vCPU: an
     invocation is often one image (an S3 event, a Batch Operations task), whose latency
     is what it is billed for, and every scale-out pays the first one."""
-    settings = Settings()
-    update: dict[str, object] = {}
-    if "bundle_dir" not in settings.model_fields_set:
-        update["bundle_dir"] = PACKAGE_ROOT / "model"
-    if "streams" not in settings.model_fields_set:
-        update["streams"] = 1
-    return settings.model_copy(update=update) if update else settings
+    return Settings().or_defaults(bundle_dir=PACKAGE_ROOT / "model", streams=1)
 
 
 class ModelPreload:

@@ -169,3 +169,16 @@ def test_unreadable_sidecar_reads_as_missing(tmp_path: Path) -> None:
     bad = tmp_path / "x.json"
     bad.write_text("{half")
     assert read_sidecar(bad) is None and read_sidecar(tmp_path / "none.json") is None
+
+
+def test_a_front_ends_defaults_never_override_what_the_user_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN streams and preprocess unset, then set by option, then by the environment
+    assert Settings().or_defaults(streams=1, preprocess="squash").streams == 1
+    assert Settings().or_defaults(preprocess="squash").preprocess == "squash"
+    assert Settings(streams=3).or_defaults(streams=1).streams == 3
+    monkeypatch.setenv("DINOEMBED_STREAMS", "2")
+    monkeypatch.setenv("DINOEMBED_PREPROCESS", "squash")
+    both = Settings().or_defaults(streams=1, preprocess="center-crop")
+    assert (both.streams, both.preprocess) == (2, "squash")

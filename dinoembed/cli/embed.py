@@ -134,8 +134,8 @@ def run_embed(
             "%d of %d images have a current sidecar: not embedded again", len(current), len(files)
         )
     todo = len(files) - len(current)
-    if todo == 1 and "streams" not in settings.model_fields_set:
-        settings = settings.model_copy(update={"streams": 1})  # one image: every thread on it
+    if todo == 1:
+        settings = settings.or_defaults(streams=1)  # one image: every thread on it
     embedder = wiring.pipeline(settings, background=True) if todo else None
     failed = 0
     out = sys.stdout

@@ -71,9 +71,8 @@ def build_app(settings: Settings, location: str | None) -> Starlette:
     else:
         backend = collection_backend(settings, location)
     collection_model = backend.model if backend is not None else None
-    if collection_model is not None and "preprocess" not in settings.model_fields_set:
-        # image queries are embedded as the collection was
-        settings = settings.model_copy(update={"preprocess": collection_model.preprocess})
+    if collection_model is not None:  # image queries are embedded as the collection was
+        settings = settings.or_defaults(preprocess=collection_model.preprocess)
     raw = settings.model_copy(update={"normalize": False})  # the app normalises per request
     model = ModelHolder(lambda: wiring.pipeline(raw), settings.model_sha256)
     loaded = model.get()

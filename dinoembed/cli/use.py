@@ -199,8 +199,8 @@ def query_vector(query: str, collection: Collection, settings: Settings) -> tupl
         result = EmbeddingResult.read_json(wiring.read_location(query))
         _same_model(collection.model, result.model, f"the query sidecar {query}", "re-embed it")
     else:
-        if "preprocess" not in settings.model_fields_set and collection.model is not None:
-            settings = settings.model_copy(update={"preprocess": collection.model.preprocess})
+        if collection.model is not None:
+            settings = settings.or_defaults(preprocess=collection.model.preprocess)
         embedder = wiring.pipeline(settings)
         hint = "use the collection's model (--model or DINOEMBED_MODEL_PATH)"
         _same_model(collection.model, embedder.model, "the loaded model", hint)
