@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from dinoembed.common.atomic import write_atomic
 from dinoembed.errors import ConfigError, SourceGoneError, TransientError
+from dinoembed.handler.clients import make_aws_client
 from dinoembed.handler.events import ObjectRef
 from dinoembed.handler.observability import Tally
 from dinoembed.handler.process import Processor
@@ -304,7 +305,5 @@ def _send_batch(sqs: Any, queue_url: str, entries: list[dict[str, str]]) -> set[
 
 
 def make_sqs_client() -> Any:
-    """A boto3 SQS client (endpoint and region from the standard AWS variables)."""
-    import boto3
-
-    return boto3.client("sqs", config=client_config())
+    """An SQS client (endpoint and region from the standard AWS variables)."""
+    return make_aws_client("sqs", client_config())

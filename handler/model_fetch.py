@@ -2,7 +2,7 @@
 
 The core's model store knows only ``http(s)://``; the Lambda handler (always) and
 the command line (when ``DINOEMBED_MODEL_URL`` is an ``s3://`` URL) add this one,
-so the core never imports boto3.
+so the core never imports boto3 or botocore.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dinoembed.model.fetchers import CHUNK, Fetcher, Sink, default_fetchers
 
 
 class S3Fetcher:
-    """``s3://bucket/key`` through a boto3 client (made on first use when none is given)."""
+    """``s3://bucket/key`` through an S3 client (made on first use when none is given)."""
 
     def __init__(self, client: Any | None = None) -> None:
         self._client = client

@@ -29,6 +29,7 @@ from botocore.exceptions import (
 )
 
 from dinoembed.errors import DinoEmbedError, PermanentError, SourceGoneError, TransientError
+from dinoembed.handler.clients import make_aws_client
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import is_sidecar
 
@@ -135,7 +136,7 @@ class Sidecar:
 
 
 class S3Objects:
-    """The few S3 calls the handler makes, on one boto3 client."""
+    """The few S3 calls the handler makes, on one botocore S3 client."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
@@ -239,8 +240,6 @@ class S3Objects:
 
 
 def make_client(concurrency: int = S3_CONCURRENCY) -> Any:
-    """A boto3 S3 client (endpoint and region from the standard AWS variables) whose
+    """An S3 client (endpoint and region from the standard AWS variables) whose
     connection pool serves ``concurrency`` threads."""
-    import boto3
-
-    return boto3.client("s3", config=client_config(max(concurrency, S3_CONCURRENCY)))
+    return make_aws_client("s3", client_config(max(concurrency, S3_CONCURRENCY)))

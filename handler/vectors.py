@@ -40,6 +40,7 @@ from dinoembed.collections.index import (
     prefix_filter,
 )
 from dinoembed.errors import SourceGoneError, TransientError
+from dinoembed.handler.clients import make_aws_client
 from dinoembed.handler.s3io import map_error
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,9 @@ def client_config() -> Config:
 
 
 def make_vectors_client() -> Any:
-    """A boto3 ``s3vectors`` client (endpoint from ``AWS_ENDPOINT_URL_S3VECTORS`` /
+    """An ``s3vectors`` client (endpoint from ``AWS_ENDPOINT_URL_S3VECTORS`` /
     ``AWS_ENDPOINT_URL``, region from the standard variables)."""
-    import boto3
-
-    return boto3.client("s3vectors", config=client_config())
+    return make_aws_client("s3vectors", client_config())
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -97,7 +96,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 class S3VectorsIndex:
-    """One S3 Vectors index (cosine, float32), on one boto3 ``s3vectors`` client."""
+    """One S3 Vectors index (cosine, float32), on one botocore ``s3vectors`` client."""
 
     def __init__(self, client: Any, vector_bucket: str, index: str) -> None:
         self.client = client

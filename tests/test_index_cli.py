@@ -132,20 +132,20 @@ def test_a_second_sync_changes_nothing_and_reads_no_sidecar(
     assert run(capsys, "index", "sync", f"s3://{BUCKET}/", "--index", index.uri)[0] == 0
     reads: list[str] = []
     # every GET the second run makes (moto: the in-process client's events)
-    import boto3
+    from dinoembed.handler import s3io
 
-    original = boto3.client
+    original = s3io.make_aws_client
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        client = original(*args, **kwargs)
-        if args and args[0] == "s3":
+    def counting(service: str, config: Any) -> Any:
+        client = original(service, config)
+        if service == "s3":
             client.meta.events.register(
                 "before-send.s3.GetObject", lambda **kw: reads.append("GET")
             )
         return client
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(boto3, "client", counting)
+    mp.setattr(s3io, "make_aws_client", counting)
     try:
         code, doc, _ = run(capsys, "index", "sync", f"s3://{BUCKET}/", "--index", index.uri)
     finally:

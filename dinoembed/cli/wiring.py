@@ -52,7 +52,7 @@ def is_s3(location: str) -> bool:
 
 
 def s3_client(threads: int = 1) -> Any:
-    """A boto3 S3 client (endpoint and region from the standard AWS variables), its
+    """An S3 client (endpoint and region from the standard AWS variables), its
     connection pool large enough for the adapter's readers and ``threads`` more users."""
     with needs_extra("s3:// locations"):
         from dinoembed.handler.s3io import make_client
@@ -69,9 +69,9 @@ def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
     with needs_extra("an s3:// model URL"):
         from dinoembed.handler.model_fetch import fetchers_with_s3
 
-        # The fetcher imports boto3 only when it downloads, where a missing module would
+        # The fetcher imports botocore only when it downloads, where a missing module would
         # read as a failed download: ask for it now, so the error names the extra.
-        importlib.import_module("boto3")
+        importlib.import_module("botocore.session")
     return ModelStore(settings.cache_dir, fetchers_with_s3(client))
 
 
