@@ -78,10 +78,9 @@ artifact, runtime, event = sys.argv[1:4]
 sys.path.insert(0, artifact)
 sys.path.append(runtime)
 start = time.monotonic()
-from dinoembed.model import loader, engine  # first: the preload starts when app is imported
-stamp("import dinoembed.model.loader (numpy, store, engine)", start)
-wrap(loader, "create_session", "ONNX Runtime session (preload thread)")
-wrap(engine.Engine, "warm_up", "warm-up run (preload thread)")
+from dinoembed.model import engine  # first: the preload starts when app is imported
+stamp("import dinoembed.model.engine (numpy)", start)
+wrap(engine, "create_session", "ONNX Runtime session (background thread)")
 start = time.monotonic()
 from dinoembed.handler import app
 stamp("import dinoembed.handler.app", start)
@@ -89,8 +88,8 @@ from dinoembed.handler import s3io
 from dinoembed import pipeline
 for owner, attr, label in (
     (app, "runtime", "runtime() (first call: settings, logger, metrics)"),
-    (s3io, "make_client", "S3 client (boto3 import + client)"),
-    (app, "make_client", "S3 client (boto3 import + client)"),
+    (s3io, "make_client", "S3 client (botocore)"),
+    (app, "make_client", "S3 client (botocore)"),
     (s3io.S3Objects, "read_sidecar", "GET sidecar"),
     (s3io.S3Objects, "read", "GET image"),
     (pipeline.Pipeline, "_prepare", "decode + preprocess"),

@@ -16,10 +16,10 @@ Lambda's retries and the failure destination / DLQ take over.
 
 from __future__ import annotations
 
-# First of all, before ~0.3 s of boto3/botocore/Powertools imports that hold the GIL: start
-# creating the ONNX Runtime session of a model that needs no download (bundled, or a local
-# path) on a background thread, so the two overlap (dinoembed.handler.preload). The
-# imports below this call are therefore not at the top of the module (E402, pyproject.toml).
+# First of all, before ~0.3 s of pydantic-settings/botocore/Powertools imports that hold the
+# GIL: start creating the ONNX Runtime session of a model that needs no download (bundled,
+# or a local path) on a background thread, so the two overlap (dinoembed.handler.preload).
+# The imports below this call are therefore not at the top of the module (E402).
 from dinoembed.handler.preload import ModelPreload, lambda_settings, start_preload
 
 _preload: ModelPreload | None = start_preload()

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dinoembed.errors import ModelFormatError
+from dinoembed.errors import ModelFormatError, ModelIntegrityError
 from dinoembed.handler import app, preload
+from dinoembed.model.engine import available_cpus
 from dinoembed.model.loader import inference_layout
 from dinoembed.pipeline import build_pipeline
 from dinoembed.settings import Settings
@@ -111,3 +114,88 @@ def test_the_function_runs_each_image_on_every_vcpu_unless_told(
     # AND DINOEMBED_STREAMS still chooses
     monkeypatch.setenv("DINOEMBED_STREAMS", "2")
     assert preload.lambda_settings().streams == 2
+
+
+EARLY_START = """
+import sys
+from pathlib import Path
+from dinoembed.handler import preload
+preload.PACKAGE_ROOT = Path(sys.argv[1])
+early = preload.start_bundled_session()
+heavy = ("dinoembed.settings", "pydantic_settings")
+print("settings imported:", any(name in sys.modules for name in heavy))
+print("session inputs:", [i.name for i in early.future.result().get_inputs()], early.threads)
+"""
+
+
+def test_the_bundled_model_s_session_starts_before_the_settings_are_imported(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # GIVEN a package with a bundled model
+    bundle(tiny_model, tmp_path / "model")
+    # WHEN a fresh interpreter starts the bundled model's session, as the handler does first
+    done = subprocess.run(
+        [sys.executable, "-c", EARLY_START, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # THEN pydantic-settings (~75 ms of imports) is not in the way: the session starts first
+    settings_line, session_line = done.stdout.splitlines()
+    assert settings_line == "settings imported: False"
+    # AND it is the bundled model's, on every CPU (the function's default layout)
+    assert session_line == f"session inputs: ['input'] {available_cpus()}"
+
+
+def test_the_early_session_is_the_one_used_when_the_settings_agree(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
+) -> None:
+    # GIVEN the bundled model's session started before the settings were read
+    monkeypatch.setattr(preload, "PACKAGE_ROOT", tmp_path)
+    bundle(tiny_model, tmp_path / "model")
+    early = preload.start_bundled_session()
+    assert early is not None
+    with cold_lambda(monkeypatch, tmp_path / "cache"):
+        loaded = preload.ModelPreload(preload.lambda_settings(), early).take(app.lambda_settings())
+    # THEN the loaded engine runs on that very session (no second one was created)
+    assert loaded is not None
+    assert loaded.engine.session is early.future.result()
+    assert loaded.resolved.origin == "bundled"
+
+
+def test_an_early_session_for_another_thread_count_is_left_unused(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
+) -> None:
+    # GIVEN the bundled model's early session, on every CPU
+    monkeypatch.setattr(preload, "PACKAGE_ROOT", tmp_path)
+    bundle(tiny_model, tmp_path / "model")
+    early = preload.start_bundled_session()
+    assert early is not None
+    # WHEN the settings ask for another thread count (DINOEMBED_THREADS)
+    threads = available_cpus() + 1
+    with cold_lambda(monkeypatch, tmp_path / "cache", threads=str(threads)):
+        settings = preload.lambda_settings()
+        loaded = preload.ModelPreload(settings, early).take(settings)
+    # THEN the model is loaded on a session of its own, which embeds as the early one does
+    assert loaded is not None
+    assert loaded.engine.session is not early.future.result()
+    image = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    reference = early.future.result().run(None, {"input": image})[0]
+    reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    np.testing.assert_allclose(loaded.engine.embed(image), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_broken_bundle_starts_no_early_session_and_the_invocation_says_why(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
+) -> None:
+    # GIVEN a package whose bundle manifest names the wrong size
+    monkeypatch.setattr(preload, "PACKAGE_ROOT", tmp_path)
+    folder = bundle(tiny_model, tmp_path / "model")
+    manifest = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").write_text(json.dumps({**manifest, "size": 1}))
+    # WHEN the handler would start its sessions THEN none starts early
+    assert preload.start_bundled_session() is None
+    # AND the first invocation that needs the model fails with the one-line reason
+    with cold_lambda(monkeypatch, tmp_path / "cache"), pytest.raises(ModelIntegrityError) as info:
+        app.runtime().embedder()
+    assert str(info.value).startswith("bundled model ") and "expected 1" in str(info.value)

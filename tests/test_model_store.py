@@ -17,8 +17,9 @@ from moto import mock_aws
 
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
 from dinoembed.handler.model_fetch import fetchers_with_s3
+from dinoembed.model.bundle import find_bundled
 from dinoembed.model.fetchers import HttpFetcher
-from dinoembed.model.store import HashingWriter, ModelSource, ModelStore, find_bundled
+from dinoembed.model.store import HashingWriter, ModelSource, ModelStore
 from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, Settings
 from tests.helpers import tmpfs
 from tests.model_server import Script, serve

@@ -9,12 +9,16 @@ that it can start before the heavier image and result modules are imported.
 
 from __future__ import annotations
 
-import importlib
-import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from dinoembed.model.engine import Engine, available_cpus, create_session
+from dinoembed.model.engine import (
+    Engine,
+    PendingSession,
+    available_cpus,
+    create_session,
+    in_background,
+)
 from dinoembed.model.store import ModelSource, ModelStore, ResolvedModel
 from dinoembed.settings import Settings
 
@@ -43,37 +47,40 @@ def load_model(settings: Settings, store: ModelStore | None = None) -> LoadedMod
     return _load_resolved(settings, store.resolve(ModelSource.from_settings(settings)))
 
 
-def _load_resolved(settings: Settings, resolved: ResolvedModel) -> LoadedModel:
-    session = create_session(resolved.path, inference_layout(settings)[1])
+def _load_resolved(
+    settings: Settings, resolved: ResolvedModel, early: PendingSession | None = None
+) -> LoadedModel:
+    threads = inference_layout(settings)[1]
+    if early is not None and early.serves(resolved.path, threads):
+        session = early.future.result()
+    else:
+        session = create_session(resolved.path, threads)
     return LoadedModel(resolved, Engine(session, normalize=settings.normalize))
 
 
 def start_loading(
-    settings: Settings, store: ModelStore | None = None, *, local: bool = False
+    settings: Settings,
+    store: ModelStore | None = None,
+    *,
+    local: bool = False,
+    early: PendingSession | None = None,
 ) -> Future[LoadedModel]:
     """The model's session being created on a background thread; what that raises is
     raised by the future's ``result()``.
 
-    ONNX Runtime is imported here, on the caller's thread, and the model resolved here
-    too (downloaded if need be), so the loading thread imports nothing and never races
-    the caller's imports. ``local``: the caller knows the model is a local file (nothing
-    to download, nothing to import), so it is resolved on the loading thread as well: a
-    ``DINOEMBED_MODEL_PATH`` is hashed there, not on the caller's. The thread is not a
-    daemon: a process that ends early waits for it at exit rather than leaving ONNX
-    Runtime mid-way through creating a session (which aborts the process).
+    The model is resolved here, on the caller's thread (downloaded if need be), so the
+    loading thread imports nothing and never races the caller's imports. ``local``: the
+    caller knows the model is a local file (nothing to download, nothing to import), so
+    it is resolved on the loading thread as well: a ``DINOEMBED_MODEL_PATH`` is hashed
+    there, not on the caller's. ``early``: a session the caller started before it knew
+    the settings (:func:`~dinoembed.model.engine.start_session`), used when it is for the
+    model and thread count these settings resolve to, else left to finish unused.
     """
-    importlib.import_module("onnxruntime")
     store = store or ModelStore(settings.cache_dir)
     source = ModelSource.from_settings(settings)
     resolved = None if local else store.resolve(source)
-    loading: Future[LoadedModel] = Future()
 
-    def load() -> None:
-        try:
-            model = resolved or store.resolve(source)
-            loading.set_result(_load_resolved(settings, model))
-        except BaseException as err:  # handed to whoever takes the model
-            loading.set_exception(err)
+    def load() -> LoadedModel:
+        return _load_resolved(settings, resolved or store.resolve(source), early)
 
-    threading.Thread(target=load, name="dinoembed-load").start()
-    return loading
+    return in_background(load, "dinoembed-load")

@@ -1,7 +1,7 @@
 """Resolve, fetch, verify and cache the model file.
 
 Sources, in order: an explicit local path -> a model bundled in the deployment
-package (:func:`find_bundled`) -> the cache (verified) -> a download from
+package (:func:`dinoembed.model.bundle.find_bundled`) -> the cache (verified) -> a download from
 ``http(s)://`` or ``s3://``. A download streams into a temp file
 in the cache folder while hashing, is checked against the expected sha256 and
 size, then renamed into place. A file lock makes concurrent loaders (threads or
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import BinaryIO
 
 from dinoembed.common.atomic import TEMP_SUFFIX, atomic_path, temp_prefix, write_atomic
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
+from dinoembed.model.bundle import BundledModel, find_bundled
 from dinoembed.model.fetchers import Fetcher, default_fetchers, fetcher_for
 from dinoembed.settings import (
     DEFAULT_MODEL_SHA256,
@@ -66,46 +66,6 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-BUNDLE_MANIFEST = "bundle.json"
-
-
-@dataclass(frozen=True, slots=True)
-class BundledModel:
-    """A model file shipped inside a deployment package, with the sha256 it was built with."""
-
-    path: Path
-    sha256: str
-
-
-def find_bundled(folder: Path) -> BundledModel | None:
-    """The model bundled in ``folder``, or None when there is none.
-
-    ``infra/build_lambda.sh`` copies the model there and writes ``bundle.json``
-    (``{"file", "sha256", "size"}``) after checking the sha256, so a cold start need
-    not hash 87 MB again: the package is immutable once built. A manifest that names
-    a missing file or the wrong size is refused rather than trusted.
-    """
-    manifest = folder / BUNDLE_MANIFEST
-    try:
-        data = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"bundled model manifest {manifest} is unreadable: {err}") from err
-    try:
-        path = folder / Path(str(data["file"])).name
-        sha256, size = str(data["sha256"]), int(data["size"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(f"bundled model manifest {manifest} lacks {err}") from err
-    try:
-        actual = path.stat().st_size
-    except OSError as err:
-        raise ConfigError(f"bundled model {path} is missing: rebuild the package") from err
-    if actual != size:
-        raise ModelIntegrityError(f"bundled model {path} has {actual} bytes, expected {size}")
-    return BundledModel(path, sha256)
 
 
 @dataclass(frozen=True, slots=True)
