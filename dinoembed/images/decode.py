@@ -94,11 +94,15 @@ def _heif_available() -> bool:
         return _heif_state[0]
 
 
-def allowed_formats() -> tuple[str, ...]:
+def allowed_formats(head: bytes | None = None) -> tuple[str, ...]:
+    """The formats Pillow may open. Given the file's first bytes, HEIF is offered only to
+    an ISO base media file (an ``ftyp`` box first, as every HEIC/HEIF file starts):
+    registering pillow-heif loads libheif (~8 ms), which no other file needs, so a cold
+    start on a JPEG does not pay for it."""
     formats: tuple[str, ...] = BASE_FORMATS
     if features.check("avif"):
         formats += ("AVIF",)
-    if _heif_available():
+    if (head is None or head[4:8] == b"ftyp") and _heif_available():
         formats += ("HEIF",)
     return formats
 
@@ -248,7 +252,7 @@ def _decode_stream(
 
 def _open(fh: BinaryIO, head: bytes, limits: DecodeLimits) -> Image.Image:
     try:
-        img = Image.open(fh, formats=allowed_formats())
+        img = Image.open(fh, formats=allowed_formats(head))
     except UnidentifiedImageError as err:
         name = sniff_format(head) or probe_format(_all_bytes(fh))
         if name is not None:
