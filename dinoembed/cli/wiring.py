@@ -78,17 +78,23 @@ def model_store(settings: Settings, client: Any | None = None) -> ModelStore:
 def pipeline(
     settings: Settings, client: Any | None = None, *, background: bool = False
 ) -> Pipeline:
-    """Resolve (download if need be) the model and build the pipeline: once per command.
-    ``background``: return at once, the session being created while the first inputs are
-    read and decoded (:func:`dinoembed.pipeline.start_pipeline`)."""
+    """Resolve (download if need be) the model and build the pipeline: once per command,
+    in dinoembed's own process, so the C allocator may keep each image's buffers for the
+    next (:mod:`dinoembed.common.allocator`). ``background``: return at once, the session
+    being created while the first inputs are read and decoded
+    (:func:`dinoembed.pipeline.start_pipeline`)."""
+    from dinoembed.common.allocator import keep_freed_buffers  # ctypes: not for --help
+
     store = model_store(settings, client)
     if not background:
         from dinoembed.pipeline import build_pipeline
 
+        keep_freed_buffers()
         return build_pipeline(settings, store)
     from dinoembed.model.loader import start_loading
 
     loading = start_loading(settings, store)  # before importing the image and result stages
+    keep_freed_buffers()
     from dinoembed.pipeline import start_pipeline
 
     return start_pipeline(settings, loading=loading)
