@@ -14,7 +14,7 @@ import pytest
 
 from dinoembed.errors import ModelFormatError, ModelIntegrityError
 from dinoembed.handler import app, preload
-from dinoembed.model.engine import available_cpus
+from dinoembed.model.engine import PendingSession, available_cpus
 from dinoembed.model.loader import inference_layout
 from dinoembed.pipeline import build_pipeline
 from dinoembed.settings import Settings
@@ -147,14 +147,20 @@ def test_the_bundled_model_s_session_starts_before_the_settings_are_imported(
     assert session_line == f"session inputs: ['input'] {available_cpus()}"
 
 
-def test_the_early_session_is_the_one_used_when_the_settings_agree(
-    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
-) -> None:
-    # GIVEN the bundled model's session started before the settings were read
+@pytest.fixture
+def early(monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path) -> PendingSession:
+    """A package with a bundled model, whose session the handler started first of all."""
     monkeypatch.setattr(preload, "PACKAGE_ROOT", tmp_path)
     bundle(tiny_model, tmp_path / "model")
-    early = preload.start_bundled_session()
-    assert early is not None
+    started = preload.start_bundled_session()
+    assert started is not None
+    return started
+
+
+def test_the_early_session_is_the_one_used_when_the_settings_agree(
+    monkeypatch: pytest.MonkeyPatch, early: PendingSession, tmp_path: Path
+) -> None:
+    # GIVEN the bundled model's session started before the settings were read
     with cold_lambda(monkeypatch, tmp_path / "cache"):
         loaded = preload.ModelPreload(preload.lambda_settings(), early).take(app.lambda_settings())
     # THEN the loaded engine runs on that very session (no second one was created)
@@ -164,13 +170,9 @@ def test_the_early_session_is_the_one_used_when_the_settings_agree(
 
 
 def test_an_early_session_for_another_thread_count_is_left_unused(
-    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, early: PendingSession, tmp_path: Path
 ) -> None:
     # GIVEN the bundled model's early session, on every CPU
-    monkeypatch.setattr(preload, "PACKAGE_ROOT", tmp_path)
-    bundle(tiny_model, tmp_path / "model")
-    early = preload.start_bundled_session()
-    assert early is not None
     # WHEN the settings ask for another thread count (DINOEMBED_THREADS)
     threads = available_cpus() + 1
     with cold_lambda(monkeypatch, tmp_path / "cache", threads=str(threads)):
