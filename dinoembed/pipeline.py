@@ -186,9 +186,8 @@ class Pipeline:
         """Images per hand-off to the engine. With several streams a static-batch model gets
         one image each, so the streams share the work evenly to the last image (the engine
         runs such a model one image per run whatever the batch); a dynamic-batch model
-        keeps its batches."""
-        static = self.engine.spec.static_batch
-        return 1 if self.streams > 1 and static else self._batch_size
+        keeps its batches. With one stream the engine is not asked (nor waited for)."""
+        return 1 if self.streams > 1 and self.engine.spec.static_batch else self._batch_size
 
     @property
     def normalize(self) -> bool:
