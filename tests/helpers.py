@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,3 +112,13 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def python_stdout(script: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """What ``script`` prints when run by a fresh interpreter (this one's executable):
+    for what a process does from its start (its imports, its allocator). Fails on a
+    non-zero exit."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, env=env
+    )
+    return done.stdout

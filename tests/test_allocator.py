@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from PIL import Image
 
 from dinoembed.common import allocator
+from tests.helpers import python_stdout
 
 # The pipeline (through the Python API, which leaves the allocator alone) over the images
 # once, then again while counting the minor page faults it takes.
@@ -32,13 +32,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def faults(mode: str, model: Path, folder: Path) -> int:
-    done = subprocess.run(
-        [sys.executable, "-c", FAULTS, mode, str(model), str(folder)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(done.stdout)
+    return int(python_stdout(FAULTS, mode, str(model), str(folder)))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from dinoembed.handler.clients import make_aws_client
 from dinoembed.handler.s3io import client_config
+from tests.helpers import python_stdout
 
 NO_BOTO3 = """
 import sys
@@ -20,16 +18,10 @@ print(type(client).__name__, client.meta.region_name, "boto3" in sys.modules)
 
 def test_an_s3_client_needs_no_boto3() -> None:
     # WHEN a fresh interpreter makes the handler's S3 client
-    done = subprocess.run(
-        [sys.executable, "-c", NO_BOTO3],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "eu-west-3"},
-    )
+    out = python_stdout(NO_BOTO3, env={"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "eu-west-3"})
     # THEN it is botocore's S3 client for the region asked, and boto3 (s3transfer and its
     # resource layer, ~55 ms of a cold start) was never imported
-    assert done.stdout.split() == ["S3", "eu-west-3", "False"]
+    assert out.split() == ["S3", "eu-west-3", "False"]
 
 
 def test_each_client_reads_the_credentials_and_endpoint_afresh(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from dinoembed.errors import (
 )
 from dinoembed.images.decode import DecodeLimits, decode
 from dinoembed.pipeline import ImageItem, Pipeline
-from tests.helpers import encode, png_bomb
+from tests.helpers import encode, png_bomb, python_stdout
 
 LIMITS = DecodeLimits(max_pixels=89_478_485, max_bytes=64 << 20)
 
@@ -229,11 +227,9 @@ print("HEIC mean error:", float(np.abs(got - np.asarray(photo, dtype=int)).mean(
 def test_pillow_heif_is_loaded_for_a_heic_file_only() -> None:
     pytest.importorskip("pillow_heif")
     # GIVEN a fresh interpreter WHEN it decodes a JPEG, then a HEIC
-    done = subprocess.run(
-        [sys.executable, "-c", HEIF_ONLY_WHEN_NEEDED], capture_output=True, text=True, check=True
-    )
+    out = python_stdout(HEIF_ONLY_WHEN_NEEDED)
     # THEN the JPEG did not load libheif (~8 ms of every cold start), and the HEIC decodes
-    lines = done.stdout.splitlines()
+    lines = out.splitlines()
     assert lines[0] == "after a JPEG: False"
     error = float(lines[1].removeprefix("HEIC mean error: "))
     assert error < 6  # lossy, but the same picture (a wrong or blank decode is ~60 off)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from dinoembed.model.engine import PendingSession, available_cpus
 from dinoembed.model.loader import inference_layout
 from dinoembed.pipeline import build_pipeline
 from dinoembed.settings import Settings
+from tests.helpers import python_stdout
 from tests.test_lambda_support import cold_lambda
 
 
@@ -134,14 +133,9 @@ def test_the_bundled_model_s_session_starts_before_the_settings_are_imported(
     # GIVEN a package with a bundled model
     bundle(tiny_model, tmp_path / "model")
     # WHEN a fresh interpreter starts the bundled model's session, as the handler does first
-    done = subprocess.run(
-        [sys.executable, "-c", EARLY_START, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = python_stdout(EARLY_START, str(tmp_path))
     # THEN pydantic-settings (~75 ms of imports) is not in the way: the session starts first
-    settings_line, session_line = done.stdout.splitlines()
+    settings_line, session_line = out.splitlines()
     assert settings_line == "settings imported: False"
     # AND it is the bundled model's, on every CPU (the function's default layout)
     assert session_line == f"session inputs: ['input'] {available_cpus()}"
