@@ -41,10 +41,10 @@ import numpy as np
 from dinoembed.collections.collection import Entry
 from dinoembed.collections.dupes import candidates, group_duplicates
 from dinoembed.collections.index import MAX_LIST, encode_neighbours
+from dinoembed.common.defaults import DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHA256
 from dinoembed.handler.index_sync import sync_index
 from dinoembed.handler.vectors import S3VectorsIndex
 from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, Neighbour, SourceInfo
-from dinoembed.settings import DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHA256
 
 DIM = 384
 SUFFIX = ".dinov2.json"

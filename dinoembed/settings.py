@@ -6,20 +6,19 @@ An explicit argument (a CLI flag) beats the environment.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_NAME = "dinov2_vits14"
-DEFAULT_MODEL_URL = (
-    "https://huggingface.co/sefaburak/dinov2-small-onnx/resolve/"
-    "7a5e61628117b5a8bd6f5e2b2385b76da1b4582e/dinov2_vits14.onnx"
+from dinoembed.common.defaults import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_MODEL_SHA256,
+    DEFAULT_MODEL_URL,
+    default_cache_dir,
 )
-DEFAULT_MODEL_SHA256 = "4df36ef0716a8f17d984fc7546a3a5d670fda6911eb298592250cb9e26756063"
-DEFAULT_MODEL_SIZE = 86_644_121
+
 DEFAULT_OUTPUT_SUFFIX = ".dinov2.json"
 # Pillow's own decompression-bomb threshold (Image.MAX_IMAGE_PIXELS).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -30,15 +29,6 @@ Walker = Literal["embed", "watch", "collection"]
 # Whether each kind of command descends into sub-folders when the user did not say
 # (``--recursive`` / ``--no-recursive`` / ``DINOEMBED_RECURSIVE``): the one place it is decided.
 RECURSIVE_BY_DEFAULT: dict[Walker, bool] = {"embed": False, "watch": True, "collection": True}
-
-
-def default_cache_dir() -> Path:
-    """``/tmp/dinoembed`` inside Lambda (HOME is read-only), else the XDG cache."""
-    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-        return Path("/tmp/dinoembed")
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "dinoembed"
 
 
 class Settings(BaseSettings):

@@ -67,7 +67,7 @@ def test_without_mallopt_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_the_command_line_and_the_lambda_tune_their_own_process(
     monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from dinoembed.cli.main import main
+    from dinoembed.cli.commands import main
     from dinoembed.handler import app
     from tests.test_lambda_support import cold_lambda
 

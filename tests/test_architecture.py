@@ -151,7 +151,7 @@ def test_the_wheel_adds_one_top_level_name(tmp_path: Path) -> None:
     top = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
     assert top == {"dinoembed"}
     assert "dinoembed/handler/app.py" in names and "dinoembed/watcher/daemon.py" in names
-    assert "dinoembed/cli/main.py" in names
+    assert "dinoembed/cli/commands.py" in names
 
 
 def test_every_module_says_what_it_is_for() -> None:

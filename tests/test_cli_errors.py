@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dinoembed.cli.main import main
+from dinoembed.cli.commands import main
 from dinoembed.model.store import sha256_file
 from tests.model_server import Script, serve
 from tests.test_cli_exit_status import unprivileged

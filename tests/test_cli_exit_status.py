@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dinoembed.cli.main import main
+from dinoembed.cli.commands import main
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import read_sidecar
 from tests.test_watch_support import save_photo, sidecar_of, stray_files

@@ -49,7 +49,7 @@ def test_a_missing_extra_names_the_pip_install(
     # GIVEN an install without the extra's modules, a folder with one image and its sidecar
     (tmp_path / "a.jpg").write_bytes(b"not needed: the extra is missing first")
     if extra == "export":
-        from dinoembed.cli.main import main
+        from dinoembed.cli.commands import main
         from tests.conftest import sample_photos
         from tests.test_watch_support import save_photo
 

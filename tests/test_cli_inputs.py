@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dinoembed.cli.main import main
+from dinoembed.cli.commands import main
 from dinoembed.pipeline import Pipeline
 from dinoembed.results.schema import EmbeddingResult
 from dinoembed.results.sidecars import read_sidecar

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from dinoembed.cli.commands import build_parser
 from dinoembed.cli.completion import bash_script
-from dinoembed.cli.main import build_parser
 from dinoembed.common.logs import JsonFormatter
 from tests.helpers import encode
 

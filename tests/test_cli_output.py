@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dinoembed.cli.main import main
+from dinoembed.cli.commands import main
 from tests.test_watch_support import save_photo
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dinoembed.cli.main import _all_subparsers, build_parser, main
+from dinoembed.cli.commands import _all_subparsers, build_parser, main
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from dinoembed.cli.main import main
+from dinoembed.cli.commands import main
+from dinoembed.common.defaults import DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHA256
 from dinoembed.handler import vectors as vectors_module
 from dinoembed.results.schema import Embedding, EmbeddingResult, ModelInfo, SourceInfo
-from dinoembed.settings import DEFAULT_MODEL_NAME, DEFAULT_MODEL_SHA256
 from tests.test_lambda_support import BUCKET, SUFFIX, mocked_s3
 from tests.vectors_server import DIM, Vectors, VectorsServer, inject, open_vectors
 

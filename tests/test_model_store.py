@@ -15,12 +15,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from dinoembed.common.defaults import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
 from dinoembed.handler.model_fetch import fetchers_with_s3
 from dinoembed.model.bundle import find_bundled
 from dinoembed.model.fetchers import HttpFetcher
 from dinoembed.model.store import HashingWriter, ModelSource, ModelStore
-from dinoembed.settings import DEFAULT_MODEL_SHA256, DEFAULT_MODEL_URL, Settings
+from dinoembed.settings import Settings
 from tests.helpers import tmpfs
 from tests.model_server import Script, serve
 

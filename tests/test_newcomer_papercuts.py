@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinoembed.cli.main import main
+from dinoembed.cli.commands import main
 from tests.helpers import encode
 
 
@@ -350,7 +350,7 @@ def test_settle_seconds_help_shows_its_default(capsys: pytest.CaptureFixture[str
     ],
 )
 def test_limit_flags_set_the_same_settings(flag: str, value: str, field: str) -> None:
-    from dinoembed.cli.main import build_parser, make_settings
+    from dinoembed.cli.commands import build_parser, make_settings
 
     command = ["watch", "somewhere"] if field == "rescan_seconds" else ["embed", "x.jpg"]
     settings = make_settings(build_parser().parse_args([*command, flag, value]))

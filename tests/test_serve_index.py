@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from dinoembed.cli.main import main
+from dinoembed.cli.commands import main
 from dinoembed.cli.serve import build_app
 from dinoembed.errors import ConfigError
 from dinoembed.handler import http

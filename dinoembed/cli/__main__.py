@@ -1,5 +1,5 @@
 """``python -m dinoembed.cli``: the same as the ``dinoembed`` console script."""
 
-from dinoembed.cli.main import main
+from dinoembed.cli import main
 
 raise SystemExit(main())

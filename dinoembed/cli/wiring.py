@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dinoembed.cli import early
 from dinoembed.common.progress import Progress
 from dinoembed.errors import ConfigError
 from dinoembed.images.pathfilter import PathFilter  # light: fnmatch only
@@ -85,16 +86,19 @@ def pipeline(
     (:func:`dinoembed.pipeline.start_pipeline`)."""
     from dinoembed.common.allocator import keep_freed_buffers  # ctypes: not for --help
 
+    # Before the session: creating it frees and reallocates its own large buffers, ~55 ms
+    # faster on a ViT-S/14 once glibc keeps them (docs/performance.md).
+    keep_freed_buffers()
     store = model_store(settings, client)
     if not background:
         from dinoembed.pipeline import build_pipeline
 
-        keep_freed_buffers()
         return build_pipeline(settings, store)
     from dinoembed.model.loader import start_loading
 
-    loading = start_loading(settings, store)  # before importing the image and result stages
-    keep_freed_buffers()
+    # before importing the image and result stages; with the session the console script
+    # started for `embed FILE` when it is this model's (dinoembed.cli.early)
+    loading = start_loading(settings, store, early=early.take())
     from dinoembed.pipeline import start_pipeline
 
     return start_pipeline(settings, loading=loading)

@@ -73,6 +73,14 @@ def available_cpus() -> int:
     return max(1, count)
 
 
+def inference_threads(threads: int | None, streams: int | None) -> tuple[int, int]:
+    """(streams, ONNX Runtime threads per stream): ``threads`` (default: usable CPUs)
+    shared among ``streams`` (default: one per thread)."""
+    threads = threads or available_cpus()
+    streams = streams or threads
+    return streams, max(1, threads // streams)
+
+
 def _cgroup_cpu_quota() -> float | None:
     try:
         parts = Path("/sys/fs/cgroup/cpu.max").read_text().split()
@@ -131,26 +139,45 @@ def in_background(work: Callable[[], T], name: str) -> Future[T]:
         executor.shutdown(wait=False)  # the thread ends when ``work`` does
 
 
+def file_identity(path: Path) -> tuple[int, int, int, int]:
+    """What tells one version of a file from another without reading it."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 @dataclass(frozen=True, slots=True)
 class PendingSession:
     """A session for ``path`` on ``threads`` intra-op threads, being created on a
-    background thread (:func:`start_session`)."""
+    background thread (:func:`start_session`) from the file as it was then (``identity``)."""
 
     path: Path
     threads: int
+    identity: tuple[int, int, int, int]
     future: Future[Session]
 
     def serves(self, path: Path, threads: int) -> bool:
-        """Whether this is the session a load of ``path`` on ``threads`` threads needs."""
-        return self.path == path and self.threads == threads
+        """Whether this is the session a load of ``path`` on ``threads`` threads needs:
+        same path, same thread count, and the file not replaced or changed since it was
+        started (a model verified after the session started must be the one it read)."""
+        if self.path != path or self.threads != threads:
+            return False
+        try:
+            return file_identity(path) == self.identity
+        except OSError:
+            return False
 
 
 def start_session(path: Path, threads: int) -> PendingSession:
     """Start creating the session for ``path`` now, before its caller knows for sure that
     it will want it: creating it (~0.2 s for ViT-S/14 on two cores) releases the GIL, so
-    it overlaps whatever the caller imports and reads meanwhile."""
+    it overlaps whatever the caller imports and reads meanwhile. Raises ``OSError`` when
+    ``path`` cannot be read at all."""
+    identity = file_identity(path)
     return PendingSession(
-        path, threads, in_background(lambda: create_session(path, threads), "dinoembed-session")
+        path,
+        threads,
+        identity,
+        in_background(lambda: create_session(path, threads), "dinoembed-session"),
     )
 
 

@@ -15,20 +15,18 @@ from dataclasses import dataclass
 from dinoembed.model.engine import (
     Engine,
     PendingSession,
-    available_cpus,
     create_session,
     in_background,
+    inference_threads,
 )
 from dinoembed.model.store import ModelSource, ModelStore, ResolvedModel
 from dinoembed.settings import Settings
 
 
 def inference_layout(settings: Settings) -> tuple[int, int]:
-    """(streams, ONNX Runtime threads per stream): ``threads`` (default: usable CPUs)
-    shared among ``streams`` (default: one per thread)."""
-    threads = settings.threads or available_cpus()
-    streams = settings.streams or threads
-    return streams, max(1, threads // streams)
+    """(streams, ONNX Runtime threads per stream) for these settings
+    (:func:`~dinoembed.model.engine.inference_threads`)."""
+    return inference_threads(settings.threads, settings.streams)
 
 
 @dataclass(frozen=True, slots=True)

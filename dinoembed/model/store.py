@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dinoembed.common.atomic import TEMP_SUFFIX, atomic_path, temp_prefix, write_atomic
-from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
-from dinoembed.model.bundle import BundledModel, find_bundled
-from dinoembed.model.fetchers import Fetcher, default_fetchers, fetcher_for
-from dinoembed.settings import (
+from dinoembed.common.defaults import (
     DEFAULT_MODEL_SHA256,
     DEFAULT_MODEL_SIZE,
     DEFAULT_MODEL_URL,
-    Settings,
+    cached_model_path,
 )
+from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
+from dinoembed.model.bundle import BundledModel, find_bundled
+from dinoembed.model.fetchers import Fetcher, default_fetchers, fetcher_for
+from dinoembed.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class ModelStore:
         return self._download(source)
 
     def cached_path(self, source: ModelSource) -> Path:
-        return self.cache_dir / "models" / f"{source.sha256}.onnx"
+        return cached_model_path(self.cache_dir, source.sha256)
 
     def _local(self, source: ModelSource, path: Path) -> ResolvedModel:
         if not path.is_file():
