@@ -68,6 +68,7 @@ READ = [
     (["embed", "{image}"], {"DINOEMBED_CACHE_DIR": "{cache}", "DINOEMBED_MODEL_SHA256": "AB" * 32}),
     (["embed", "{image}"], {"XDG_CACHE_HOME": "{xdg}"}),
     (["embed", "--", "{image}"], {"XDG_CACHE_HOME": "{xdg}"}),
+    (["embed", "--write-sidecars", "--no-normalize", "{image}"], {"XDG_CACHE_HOME": "{xdg}"}),
 ]
 
 
@@ -95,7 +96,8 @@ NOT_READ = [
     ["embed", "{image}", "{image}"],  # several images: the per-core layout
     ["embed", "{folder}"],
     ["embed", "{folder}/missing.jpg"],
-    ["embed", "{image}", "--write-sidecars"],  # an option it does not know
+    ["embed", "{image}", "--skip-current"],  # an option it does not know (may load nothing)
+    ["embed", "{image}", "--output-suffix", ".x.json"],
     ["embed", "--mod", "{model}", "{image}"],  # an abbreviation argparse would accept
     ["embed", "{image}", "--model"],  # a usage error: the real parser says it
     ["embed", "{image}", "--threads", "0"],

@@ -14,8 +14,9 @@ inode, size, mtime) and thread count (:meth:`~dinoembed.model.engine.PendingSess
 otherwise it is left to finish unused, as the Lambda's bundled-model session is
 (:mod:`dinoembed.handler.preload`). A wrong reading therefore costs a second session
 (~0.2 s of one core), never a wrong result, and only the plainest command lines are
-read at all: ``embed``, one existing file, and no option but those four. Anything else,
-``--help`` included, starts nothing.
+read at all: ``embed``, one existing file, and no option but those four,
+``--write-sidecars`` and ``--no-normalize``. Anything else, ``--help`` included, starts
+nothing.
 """
 
 from __future__ import annotations
@@ -45,14 +46,18 @@ class _Refuse(argparse.ArgumentParser):
 
 
 def _reader() -> argparse.ArgumentParser:
-    # The real parser's spellings of these four options (dinoembed.cli.commands); abbreviations
-    # and every other option are left unknown, so such a command line is not read.
+    # The real parser's spellings of these four options (dinoembed.cli.commands), and two
+    # flags that take no value and do not change the session; abbreviations and every
+    # other option are left unknown, so such a command line is not read (--skip-current,
+    # for one, may load no model at all).
     parser = _Refuse(add_help=False, allow_abbrev=False)
     parser.add_argument("inputs", nargs="*", type=Path)
     parser.add_argument("--model", type=Path)
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--streams", type=int)
+    parser.add_argument("--write-sidecars", action="store_true")
+    parser.add_argument("--no-normalize", action="store_true")
     return parser
 
 
@@ -67,7 +72,8 @@ def _count(flag: int | None, environ: Mapping[str, str], name: str) -> int | Non
 def embed_model(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[Path, int] | None:
     """(model file, ONNX Runtime threads) that ``dinoembed ARGV`` will load, when ARGV is
     ``embed`` of one existing file with no option but ``--model``, ``--cache-dir``,
-    ``--threads`` and ``--streams``, and the model is a local file; else None."""
+    ``--threads``, ``--streams``, ``--write-sidecars`` and ``--no-normalize``, and the model
+    is a local file; else None."""
     if not argv or argv[0] != "embed" or environ.get("DINOEMBED_BUNDLE_DIR"):
         return None
     try:
