@@ -10,7 +10,7 @@ the parser, the settings and the pipeline's modules import meanwhile.
 
 Nothing is trusted from this reading. The settings resolve and verify the model as
 always, and the loader uses this session only when it is for that same file (path,
-inode, size, mtime) and thread count (:meth:`~dinoembed.model.engine.PendingSession.serves`);
+size, mtime, ctime, inode) and thread count (:meth:`~dinoembed.model.engine.PendingSession.serves`);
 otherwise it is left to finish unused, as the Lambda's bundled-model session is
 (:mod:`dinoembed.handler.preload`). A wrong reading therefore costs a second session
 (~0.2 s of one core), never a wrong result, and only the plainest command lines are

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from dinoembed.common.identity import file_identity
 from dinoembed.common.vectors import normalize_rows
 from dinoembed.errors import ModelFormatError
 
@@ -139,12 +140,6 @@ def in_background(work: Callable[[], T], name: str) -> Future[T]:
         executor.shutdown(wait=False)  # the thread ends when ``work`` does
 
 
-def file_identity(path: Path) -> tuple[int, int, int, int]:
-    """What tells one version of a file from another without reading it."""
-    stat = path.stat()
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
 @dataclass(frozen=True, slots=True)
 class PendingSession:
     """A session for ``path`` on ``threads`` intra-op threads, being created on a
@@ -162,7 +157,7 @@ class PendingSession:
         if self.path != path or self.threads != threads:
             return False
         try:
-            return file_identity(path) == self.identity
+            return file_identity(path.stat()) == self.identity
         except OSError:
             return False
 
@@ -172,7 +167,7 @@ def start_session(path: Path, threads: int) -> PendingSession:
     it will want it: creating it (~0.2 s for ViT-S/14 on two cores) releases the GIL, so
     it overlaps whatever the caller imports and reads meanwhile. Raises ``OSError`` when
     ``path`` cannot be read at all."""
-    identity = file_identity(path)
+    identity = file_identity(path.stat())
     return PendingSession(
         path,
         threads,

@@ -26,6 +26,7 @@ from dinoembed.common.defaults import (
     DEFAULT_MODEL_URL,
     cached_model_path,
 )
+from dinoembed.common.identity import file_identity
 from dinoembed.errors import ConfigError, ModelIntegrityError, ModelUnavailableError
 from dinoembed.model.bundle import BundledModel, find_bundled
 from dinoembed.model.fetchers import Fetcher, default_fetchers, fetcher_for
@@ -248,8 +249,9 @@ class ModelStore:
 
 
 def _identity(stat: os.stat_result) -> str:
-    """What changes whenever a file's content may have: size, mtime, ctime, inode."""
-    return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_ctime_ns} {stat.st_ino}"
+    """The file's identity (:func:`~dinoembed.common.identity.file_identity`) as the memo
+    file records it."""
+    return " ".join(str(part) for part in file_identity(stat))
 
 
 def is_default(source: ModelSource) -> bool:
