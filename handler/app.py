@@ -38,7 +38,6 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 
-from dinoembed.common.allocator import keep_freed_buffers
 from dinoembed.common.logs import capture_library_warnings
 from dinoembed.errors import TransientError
 from dinoembed.handler.batch_ops import BatchOperations
@@ -78,7 +77,6 @@ class Runtime:
             if self._embedder is None:
                 store = ModelStore(self.settings.cache_dir, fetchers_with_s3(self.s3_client))
                 loaded = _take_preload(self.settings)
-                keep_freed_buffers()  # this is the function's own process
                 self._embedder = build_pipeline(self.settings, store=store, loaded=loaded)
                 self.model_loads += 1
             return self._embedder

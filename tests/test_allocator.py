@@ -68,7 +68,7 @@ def test_the_command_line_and_the_lambda_tune_their_own_process(
     monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
 ) -> None:
     from dinoembed.cli.commands import main
-    from dinoembed.handler import app
+    from dinoembed.handler import app, preload
     from tests.test_lambda_support import cold_lambda
 
     calls: list[str] = []
@@ -81,12 +81,13 @@ def test_the_command_line_and_the_lambda_tune_their_own_process(
         return keep_freed_buffers
 
     monkeypatch.setattr(allocator, "keep_freed_buffers", recorder("cli"))
-    monkeypatch.setattr(app, "keep_freed_buffers", recorder("lambda"))
+    monkeypatch.setattr(preload, "keep_freed_buffers", recorder("lambda"))
     image = tmp_path / "photo.png"
     Image.new("RGB", (64, 48), "orange").save(image)
-    # WHEN `dinoembed embed` and the Lambda build their pipelines
+    # WHEN `dinoembed embed` builds its pipeline, and the Lambda handler starts and builds its
     assert main(["embed", "--model", str(tiny_model), str(image)]) == 0
     with cold_lambda(monkeypatch, tmp_path / "cache", model_path=str(tiny_model)):
+        preload.start_preload()  # what importing the handler module does, first of all
         app.runtime().embedder()
     # THEN each tuned the allocator once; the Python API (a library) never does
     import dinoembed
